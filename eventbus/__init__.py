@@ -11,6 +11,7 @@ from ._errors import (
     InvalidNameError,
     PayloadError,
 )
+from ._names import check_name, compile_pattern
 from ._typed import event
 
 default_bus = EventBus()
@@ -26,6 +27,8 @@ __all__ = [
     "HandlerFailure",
     "InvalidNameError",
     "PayloadError",
+    "check_name",
+    "compile_pattern",
     "default_bus",
     "event",
 ]

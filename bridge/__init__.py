@@ -1,0 +1,48 @@
+"""The Kafka bridge: mirrors chosen signals of an ``eventbus.EventBus`` to and from topics.
+
+``Bridge`` + ``Route`` are what applications use; ``KafkaTransport`` talks to Kafka
+through confluent-kafka, ``MemoryTransport`` is an in-process broker for tests. The
+wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
+"""
+
+from ._bridge import Bridge, DeliveryFailureCallback, Remote, Stats
+from ._codec import MsgpackCodec
+from ._envelope import current_trace, trace_context
+from ._errors import (
+    BridgeError,
+    ConfigError,
+    DecodeError,
+    DeliveryError,
+    EncodeError,
+    NotReadyError,
+    QueueFullError,
+    TransportError,
+)
+from ._kafka import KafkaTransport
+from ._memory import MemoryTransport
+from ._routes import Route
+from ._transport import Consumer, Producer, Record, Transport
+
+__all__ = [
+    "Bridge",
+    "BridgeError",
+    "ConfigError",
+    "Consumer",
+    "DecodeError",
+    "DeliveryError",
+    "DeliveryFailureCallback",
+    "EncodeError",
+    "KafkaTransport",
+    "MemoryTransport",
+    "MsgpackCodec",
+    "NotReadyError",
+    "Producer",
+    "QueueFullError",
+    "Record",
+    "Remote",
+    "Route",
+    "Stats",
+    "Transport",
+    "current_trace",
+    "trace_context",
+]

@@ -1,0 +1,549 @@
+"""The bridge: mirrors chosen signals of a bus to Kafka topics and back.
+
+Outbound, a bus handler per route pattern encodes the event in the emitting thread and
+hands it to the producer without waiting for the broker; a poller thread serves delivery
+reports. Inbound, one consumer thread reads records in partition order, decodes them,
+drops echoes and duplicates, runs the local handlers through ``EventBus.dispatch``,
+retries the handlers that failed, dead-letters what still fails, and only then stores
+the record's offset (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from eventbus import Event, EventBus, HandlerFailure, PayloadError
+from eventbus._errors import handler_name
+
+from ._codec import MsgpackCodec
+from ._envelope import DLQ_PREFIX, HeaderBuilder, read_envelope, trace_context
+from ._errors import (
+    ConfigError,
+    DecodeError,
+    DeliveryError,
+    EncodeError,
+    NotReadyError,
+    TransportError,
+)
+from ._routes import Route
+from ._transport import Consumer, Producer, Record, Transport
+
+log = logging.getLogger("bridge")
+
+DeliveryFailureCallback = Callable[[DeliveryError], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """The sender of an event that arrived through a bridge: where it came from."""
+
+    source: str
+    """The emitting service (CloudEvents ``source``)."""
+    id: str
+    time: str | None
+    topic: str
+    partition: int
+    offset: int
+    bridge: str
+    """The id of the bridge that received it (used to avoid echoes)."""
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one bridge. Each is written by one thread only, read by any."""
+
+    produced: int = 0
+    delivered: int = 0
+    delivery_failed: int = 0
+    received: int = 0
+    handled: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    echoes: int = 0
+    unrouted: int = 0
+    last_delivery_latency: float = 0.0
+
+
+class _Dedup:
+    """Remembers recent event ids for ``window`` seconds, at most ``size`` of them."""
+
+    __slots__ = ("_ids", "size", "window")
+
+    def __init__(self, window: float, size: int) -> None:
+        self.window = window
+        self.size = size
+        self._ids: OrderedDict[str, float] = OrderedDict()
+
+    def seen(self, event_id: str) -> bool:
+        at = self._ids.get(event_id)
+        return at is not None and time.monotonic() - at < self.window
+
+    def add(self, event_id: str) -> None:
+        now = time.monotonic()
+        ids = self._ids
+        ids[event_id] = now
+        ids.move_to_end(event_id)
+        while ids and (len(ids) > self.size or now - next(iter(ids.values())) >= self.window):
+            ids.popitem(last=False)
+
+
+class Bridge:
+    """Mirrors the routed signals of ``bus`` to and from a transport (Kafka or memory).
+
+    ``service`` names this side: it is the CloudEvents source of outbound events and the
+    consumer group of inbound routes (``group`` overrides it). ``start()`` returns once
+    the bridge is ready (topics exist, partitions assigned and positioned); ``stop()``
+    drains: the running handler finishes, offsets are committed, the producer flushed.
+    ``with bridge:`` does both.
+
+    Semantics: outbound delivery is reported, never silent (``on_delivery_failure``,
+    the ``bridge`` logger, ``stats``); inbound is at-least-once, in partition order; a
+    handler that raises is retried ``max_attempts - 1`` times with exponential backoff
+    from ``backoff`` seconds, then the record goes to the route's dead-letter topic, as
+    do records that cannot be decoded or validated. Event ids seen within
+    ``dedup_window`` seconds are dropped. Records of types no inbound route names are
+    skipped (``unrouted="skip"``) or dead-lettered (``"dlq"``).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        transport: Transport,
+        service: str,
+        routes: Iterable[Route],
+        group: str | None = None,
+        codec: MsgpackCodec | None = None,
+        max_attempts: int = 3,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        dedup_window: float = 300.0,
+        dedup_size: int = 100_000,
+        unrouted: Literal["skip", "dlq"] = "skip",
+        on_delivery_failure: DeliveryFailureCallback | None = None,
+        create_topics: bool = True,
+        partitions: int = 1,
+        ready_timeout: float = 30.0,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(service, str) or not service.strip():
+            raise ConfigError("service must be a non-empty name")
+        self.routes = tuple(routes)
+        for route in self.routes:
+            if not isinstance(route, Route):
+                raise ConfigError(f"routes must be Route objects, not {type(route).__name__}")
+        if max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if backoff < 0 or max_backoff < 0 or dedup_window < 0 or dedup_size < 0:
+            raise ConfigError("backoff, max_backoff and the dedup window must not be negative")
+        if unrouted not in ("skip", "dlq"):
+            raise ConfigError("unrouted must be 'skip' or 'dlq'")
+        if partitions < 1:
+            raise ConfigError("partitions must be at least 1")
+        self.bus = bus
+        self.transport = transport
+        self.service = service
+        self.group = group or service
+        self.codec = codec or MsgpackCodec()
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.unrouted = unrouted
+        self.on_delivery_failure = on_delivery_failure
+        self.create_topics = create_topics
+        self.partitions = partitions
+        self.ready_timeout = ready_timeout
+        self.drain_timeout = drain_timeout
+        self.id = str(uuid.uuid4())
+        self.stats = Stats()
+        self._dedup = _Dedup(dedup_window, dedup_size)
+        self._headers = HeaderBuilder(service, self.id)
+        self._out_routes = tuple(r for r in self.routes if r.is_outbound)
+        self._in_routes = tuple(r for r in self.routes if r.is_inbound)
+        self._out_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
+        self._in_cache: dict[tuple[str, str], Route | None] = {}
+        self._patterns = tuple(dict.fromkeys(s for r in self._out_routes for s in r.signals))
+        self._handlers: list[Callable[[Event], None]] = []
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._consumer_error: BaseException | None = None
+        self._state = "new"
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def __enter__(self) -> Bridge:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the bridge uses: routes' topics and dead-letter topics."""
+        names = [r.topic for r in self.routes] + [r.dead_letter_topic for r in self._in_routes]
+        return list(dict.fromkeys(names))
+
+    @property
+    def healthy(self) -> bool:
+        """True while started, ready and neither the consumer nor the producer failed."""
+        return self._state == "running" and self._ready.is_set() and not self._consumer_error
+
+    def start(self) -> None:
+        """Connect, create missing topics, join the group; return when ready.
+
+        After it returns, every event published to an inbound topic is received. Raises
+        ``NotReadyError`` (and cleans up) if that takes longer than ``ready_timeout``.
+        """
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"a bridge starts once; this one is {self._state}")
+            self._state = "starting"
+        try:
+            deadline = time.monotonic() + self.ready_timeout
+            if self.create_topics:
+                self.transport.ensure_topics(self.topics, self.partitions, self.ready_timeout)
+            self._producer = self.transport.producer()
+            self._spawn("bridge-delivery", self._poll_deliveries)
+            if self._in_routes:
+                topics = list(dict.fromkeys(r.topic for r in self._in_routes))
+                self._consumer = self.transport.consumer(self.group, topics)
+                self._spawn("bridge-consumer", self._consume)
+                if not self._ready.wait(max(0.0, deadline - time.monotonic())):
+                    error = self._consumer_error
+                    raise NotReadyError(
+                        f"bridge {self.service!r} not ready within {self.ready_timeout:g} s: "
+                        + (f"{error}" if error else "no partition assignment from the group")
+                    )
+            else:
+                self._ready.set()
+            for pattern in self._patterns:
+                handler = self._make_outbound(pattern)
+                self.bus.on_event(pattern)(handler)
+                self._handlers.append(handler)
+            self._state = "running"
+            log.info(
+                "bridge %s ready: %d route(s), group %s", self.service, len(self.routes), self.group
+            )
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def stop(self) -> None:
+        """Stop mirroring; let the running handler finish; commit; flush; close.
+
+        Idempotent. Events emitted after ``stop`` are local only. Records still
+        undelivered after ``drain_timeout`` are reported as delivery failures.
+        """
+        with self._lock:
+            if self._state in ("stopped", "new"):
+                self._state = "stopped"
+                return
+            self._state = "stopping"
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        for handler in self._handlers:
+            self.bus.off(handler)
+        self._handlers.clear()
+        self._stopping.set()
+        for thread in self._threads:
+            if thread.name == "bridge-consumer":
+                thread.join()
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except TransportError as exc:
+                log.error("bridge %s: closing the consumer failed: %s", self.service, exc)
+        if self._producer is not None:
+            left = self._producer.flush(self.drain_timeout)
+            if left:
+                log.error("bridge %s: %d record(s) not delivered at stop", self.service, left)
+            self._producer.close()
+        for thread in self._threads:
+            thread.join()
+        self._state = "stopped"
+        log.info("bridge %s stopped", self.service)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # -- outbound -------------------------------------------------------------------
+
+    def _make_outbound(self, pattern: str) -> Callable[[Event], None]:
+        def publish(event: Event) -> None:
+            sender = event.sender
+            if type(sender) is Remote and sender.bridge == self.id:
+                return  # arrived through this bridge: never re-published
+            routes = self._out_cache.get((pattern, event.name))
+            if routes is None:
+                routes = self._outbound_routes(pattern, event.name)
+            if routes:
+                self._publish(event.name, event.payload, routes)
+
+        publish.__qualname__ = f"Bridge.outbound[{pattern}]"
+        return publish
+
+    def _outbound_routes(self, pattern: str, name: str) -> tuple[Route, ...]:
+        # Several patterns may match one name; only the first one's handler publishes,
+        # so an event goes once to each matching route.
+        first = next(p for p in self._patterns if _route_pattern_matches(p, name))
+        routes = tuple(r for r in self._out_routes if r.matches(name)) if first == pattern else ()
+        self._out_cache[(pattern, name)] = routes
+        return routes
+
+    def _publish(self, name: str, payload: Mapping[str, Any], routes: tuple[Route, ...]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("bridge is not started")
+        value = self.codec.encode(payload)
+        _, headers = self._headers.build(name)
+        for route in routes:
+            key = None
+            if route.key is not None:
+                try:
+                    key = _key_bytes(payload[route.key])
+                except KeyError:
+                    raise EncodeError(
+                        f"{name}: the route to topic {route.topic!r} needs payload field "
+                        f"{route.key!r} as its partition key"
+                    ) from None
+            producer.produce(route.topic, value, key, headers, self._delivered)
+
+    def _delivered(self, error: Exception | None, record: Record) -> None:
+        stats = self.stats
+        stats.produced += 1
+        if error is None:
+            stats.delivered += 1
+            if record.timestamp_ms:
+                stats.last_delivery_latency = time.time() - record.timestamp_ms / 1000
+            return
+        stats.delivery_failed += 1
+        failure = DeliveryError(f"record to {record.topic!r} not delivered: {error}")
+        failure.__cause__ = error
+        failure.record = record  # type: ignore[attr-defined]
+        log.error("bridge %s: %s", self.service, failure)
+        if self.on_delivery_failure is not None:
+            try:
+                self.on_delivery_failure(failure)
+            except Exception:
+                log.exception("bridge %s: on_delivery_failure raised", self.service)
+
+    def _poll_deliveries(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._stopping.is_set():
+            try:
+                producer.poll(0.1)
+            except Exception:  # a bad callback must not end delivery reports
+                log.exception("bridge %s: serving delivery reports failed", self.service)
+
+    # -- inbound --------------------------------------------------------------------
+
+    def _consume(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            while not self._stopping.is_set():
+                record = consumer.poll(0.1)
+                if not self._ready.is_set() and consumer.is_ready():
+                    self._ready.set()
+                if record is not None:
+                    self.handle(record)
+        except BaseException as exc:
+            self._consumer_error = exc
+            log.exception("bridge %s: the consumer stopped", self.service)
+
+    def handle(self, record: Record) -> bool:
+        """Process one inbound record to the end; return True if its offset was stored.
+
+        Called by the consumer thread; public for tools and tests. Never raises for bad
+        input: a record is handled, skipped, or dead-lettered. Returns False only when
+        the bridge is stopping before the record was done (it will be redelivered).
+        """
+        consumer = self._consumer
+        self.stats.received += 1
+        try:
+            done = self._process(record)
+        except Exception as exc:  # a bug or a surprise must not stop the partition
+            log.exception("bridge %s: unexpected error on %s", self.service, _where(record))
+            reason = f"unexpected error: {exc!r}"
+            done = self._dead_letter(record, None, reason, type(exc).__name__, None, 0)
+        if done and consumer is not None:
+            consumer.store(record)
+        return done
+
+    def _process(self, record: Record) -> bool:
+        try:
+            envelope = read_envelope(record)
+            if envelope.origin == self.id:
+                self.stats.echoes += 1
+                return True
+            payload = self.codec.decode(record.value if record.value is not None else b"")
+        except DecodeError as exc:
+            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", None, 0)
+        route = self._in_cache.get((record.topic, envelope.type), False)
+        if route is False:
+            route = next(
+                (
+                    r
+                    for r in self._in_routes
+                    if r.topic == record.topic and r.matches(envelope.type)
+                ),
+                None,
+            )
+            self._in_cache[(record.topic, envelope.type)] = route
+        if route is None:
+            self.stats.unrouted += 1
+            if self.unrouted == "dlq":
+                reason = f"no inbound route for type {envelope.type!r} on this topic"
+                return self._dead_letter(record, None, reason, "unrouted", None, 0)
+            return True
+        assert isinstance(route, Route)
+        if self._dedup.seen(envelope.id):
+            self.stats.duplicates += 1
+            return True
+        sender = Remote(
+            envelope.source,
+            envelope.id,
+            envelope.time,
+            record.topic,
+            record.partition,
+            record.offset,
+            self.id,
+        )
+        try:
+            if envelope.traceparent is not None:
+                with trace_context(envelope.traceparent, envelope.tracestate):
+                    failures = self.bus.dispatch(envelope.type, sender, payload)
+            else:
+                failures = self.bus.dispatch(envelope.type, sender, payload)
+        except PayloadError as exc:
+            return self._dead_letter(
+                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+            )
+        attempts = 1
+        delay = self.backoff
+        while failures and attempts < self.max_attempts:
+            if self._stopping.wait(delay):
+                return False
+            delay = min(delay * 2, self.max_backoff)
+            attempts += 1
+            self.stats.retried += 1
+            failures = self._retry(failures, envelope.traceparent, envelope.tracestate)
+        if failures:
+            first = failures[0]
+            reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"
+            done = self._dead_letter(
+                record, route, reason, type(first.exception).__name__, first, attempts
+            )
+            if not done:
+                return False
+        self._dedup.add(envelope.id)
+        self.stats.handled += 1
+        return True
+
+    def _retry(
+        self, failures: Sequence[HandlerFailure], parent: bytes | None, state: bytes | None
+    ) -> list[HandlerFailure]:
+        still: list[HandlerFailure] = []
+        for failure in failures:
+            try:
+                if parent is not None:
+                    with trace_context(parent, state):
+                        failure.retry()
+                else:
+                    failure.retry()
+            except Exception as exc:
+                still.append(HandlerFailure(failure.event, failure.handler, exc, failure.retry))
+        return still
+
+    def _dead_letter(
+        self,
+        record: Record,
+        route: Route | None,
+        reason: str,
+        error: str,
+        failure: HandlerFailure | None,
+        attempts: int,
+    ) -> bool:
+        """Produce ``record`` with the reason to the dead-letter topic; wait for delivery.
+
+        Retries until delivered or the bridge stops (then False: not stored, redelivered).
+        """
+        if route is None:
+            route = next((r for r in self._in_routes if r.topic == record.topic), None)
+        topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
+        headers = [
+            *record.headers,
+            (DLQ_PREFIX + "reason", reason.encode(errors="replace")[:4096]),
+            (DLQ_PREFIX + "error", error.encode()),
+            (DLQ_PREFIX + "topic", record.topic.encode()),
+            (DLQ_PREFIX + "partition", str(record.partition).encode()),
+            (DLQ_PREFIX + "offset", str(record.offset).encode()),
+            (DLQ_PREFIX + "attempts", str(attempts).encode()),
+            (DLQ_PREFIX + "service", self.service.encode()),
+        ]
+        if failure is not None:
+            headers.append((DLQ_PREFIX + "handler", handler_name(failure.handler).encode()))
+        log.warning(
+            "bridge %s: dead-lettering %s to %s: %s", self.service, _where(record), topic, reason
+        )
+        producer = self._producer
+        assert producer is not None
+        delay = self.backoff or 0.1
+        while True:
+            outcome: list[Exception | None] = []
+            try:
+                producer.produce(
+                    topic,
+                    record.value or b"",
+                    record.key,
+                    headers,
+                    lambda err, _rec, outcome=outcome: outcome.append(err),
+                )
+                producer.flush(self.drain_timeout)
+            except TransportError as exc:
+                outcome.append(exc)
+            if outcome and outcome[0] is None:
+                self.stats.dead_lettered += 1
+                return True
+            log.error(
+                "bridge %s: dead-letter to %s failed (%s); retrying",
+                self.service,
+                topic,
+                outcome[0] if outcome else "no delivery report",
+            )
+            if self._stopping.wait(delay):
+                return False
+            delay = min(delay * 2, self.max_backoff)
+
+
+def _where(record: Record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+def _route_pattern_matches(pattern: str, name: str) -> bool:
+    return Route((pattern,), "x").matches(name)
+
+
+def _key_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise EncodeError(f"a partition key must be text, a number or bytes, not {value!r}")
+    return str(value).encode()

@@ -1,0 +1,172 @@
+"""The record envelope: CloudEvents Kafka binding headers around a msgpack value.
+
+See docs/wire-format.md. Building headers is on the emit hot path, so the constant
+parts are encoded once per bridge and the timestamp prefix once per second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from eventbus import InvalidNameError, check_name
+
+from ._errors import DecodeError
+from ._transport import Record
+
+SPECVERSION = b"1.0"
+CONTENT_TYPE = "application/vnd.msgpack"
+ACCEPTED_CONTENT_TYPES = frozenset(
+    {b"application/vnd.msgpack", b"application/msgpack", b"application/x-msgpack"}
+)
+ORIGIN = "eventbus-origin"
+DLQ_PREFIX = "eventbus-dlq-"
+
+_trace: ContextVar[tuple[bytes, bytes | None] | None] = ContextVar("eventbus_trace", default=None)
+
+
+@contextlib.contextmanager
+def trace_context(
+    traceparent: str | bytes, tracestate: str | bytes | None = None
+) -> Iterator[None]:
+    """Carry a W3C trace context on the events emitted inside the block.
+
+    The bridge sets it around handlers of an inbound event that had one, so a chain of
+    events across services keeps its trace; call it yourself to start one.
+    """
+    parent = traceparent.encode() if isinstance(traceparent, str) else traceparent
+    state = tracestate.encode() if isinstance(tracestate, str) else tracestate
+    token = _trace.set((parent, state))
+    try:
+        yield
+    finally:
+        _trace.reset(token)
+
+
+def current_trace() -> tuple[bytes, bytes | None] | None:
+    """The trace context of the running handler or block, or None."""
+    return _trace.get()
+
+
+def new_event_id() -> bytes:
+    """A random (version 4) UUID in its text form, as bytes."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
+class Clock:
+    """Formats the current UTC time as RFC 3339 with microseconds, cheaply."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> bytes:
+        ns = time.time_ns()
+        second, micros = divmod(ns // 1000, 1_000_000)
+        if second != self._second:
+            # Two threads may race here; both write the same values.
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{micros:06d}Z".encode()
+
+
+class HeaderBuilder:
+    """Builds the headers of outbound records for one bridge."""
+
+    __slots__ = ("_clock", "_fixed_tail", "_source", "_types")
+
+    def __init__(self, service: str, origin: str) -> None:
+        self._clock = Clock()
+        self._source = service.encode()
+        self._types: dict[str, bytes] = {}
+        self._fixed_tail = (
+            ("content-type", CONTENT_TYPE.encode()),
+            (ORIGIN, origin.encode()),
+        )
+
+    def build(self, name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """Return ``(ce_id, headers)`` for a new event of type ``name``."""
+        ce_type = self._types.get(name)
+        if ce_type is None:
+            ce_type = self._types.setdefault(name, name.encode())
+        ce_id = new_event_id()
+        headers = [
+            ("ce_specversion", SPECVERSION),
+            ("ce_id", ce_id),
+            ("ce_source", self._source),
+            ("ce_type", ce_type),
+            ("ce_time", self._clock.now()),
+            *self._fixed_tail,
+        ]
+        trace = _trace.get()
+        if trace is not None:
+            headers.append(("traceparent", trace[0]))
+            if trace[1] is not None:
+                headers.append(("tracestate", trace[1]))
+        return ce_id, headers
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The CloudEvents attributes of an inbound record."""
+
+    id: str
+    source: str
+    type: str
+    time: str | None
+    origin: str | None
+    traceparent: bytes | None
+    tracestate: bytes | None
+
+
+def read_envelope(record: Record) -> Envelope:
+    """Read and check the CloudEvents headers of a record; DecodeError if they are wrong."""
+    found: dict[str, bytes] = {}
+    for name, value in record.headers:
+        if value is None:
+            continue
+        found[name] = value
+    spec = found.get("ce_specversion")
+    if spec != SPECVERSION:
+        raise DecodeError(f"ce_specversion is {_show(spec)}, expected '1.0'")
+    content_type = found.get("content-type")
+    if content_type is not None and content_type not in ACCEPTED_CONTENT_TYPES:
+        raise DecodeError(f"content-type {_show(content_type)} is not msgpack")
+    attrs: dict[str, str] = {}
+    for attr in ("ce_id", "ce_source", "ce_type"):
+        raw = found.get(attr)
+        if not raw:
+            raise DecodeError(f"header {attr} is missing or empty")
+        try:
+            attrs[attr] = raw.decode()
+        except UnicodeDecodeError:
+            raise DecodeError(f"header {attr} is not UTF-8") from None
+    try:
+        check_name(attrs["ce_type"])
+    except InvalidNameError as exc:
+        raise DecodeError(f"ce_type: {exc}") from None
+    origin = found.get(ORIGIN)
+    ce_time = found.get("ce_time")
+    return Envelope(
+        id=attrs["ce_id"],
+        source=attrs["ce_source"],
+        type=attrs["ce_type"],
+        time=ce_time.decode(errors="replace") if ce_time else None,
+        origin=origin.decode(errors="replace") if origin else None,
+        traceparent=found.get("traceparent"),
+        tracestate=found.get("tracestate"),
+    )
+
+
+def _show(value: bytes | None) -> str:
+    return "missing" if value is None else repr(value.decode(errors="replace")[:60])

@@ -1,0 +1,113 @@
+"""Routes: which signals go to, or come from, which topic."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from eventbus import InvalidNameError, check_name, compile_pattern
+
+from ._errors import ConfigError
+
+Direction = Literal["in", "out", "both"]
+_TOPIC = re.compile(r"[A-Za-z0-9._\-]{1,249}")
+
+
+def check_topic(topic: object) -> str:
+    """Return ``topic`` if it is a legal Kafka topic name; ConfigError if not."""
+    if not isinstance(topic, str) or not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise ConfigError(
+            f"invalid topic name {topic!r}: 1-249 characters of letters, digits, '.', '_', '-'"
+        )
+    return topic
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Ties signal names or patterns to a topic, in a direction.
+
+    * ``out``: events emitted on the bus are produced to ``topic``; ``key`` names the
+      payload field whose value (as UTF-8 text) becomes the record key, so one entity's
+      events stay in one partition, in order. A missing key field is an error at emit.
+    * ``in``: records on ``topic`` whose type matches ``signals`` are emitted on the bus.
+      Records that keep failing go to ``dlq`` (default ``<topic>.dlq``).
+    * ``both``: the two at once, without echo (the bridge never re-publishes what it
+      received, and skips its own records when they come back).
+    """
+
+    signals: tuple[str, ...]
+    topic: str
+    direction: Direction = "out"
+    key: str | None = None
+    dlq: str | None = None
+
+    def __post_init__(self) -> None:
+        signals = (self.signals,) if isinstance(self.signals, str) else tuple(self.signals)
+        if not signals:
+            raise ConfigError("a route needs at least one signal name or pattern")
+        for signal in signals:
+            try:
+                if isinstance(signal, str) and "*" in signal:
+                    compile_pattern(signal)
+                else:
+                    check_name(signal)
+            except (InvalidNameError, TypeError) as exc:
+                raise ConfigError(f"route to {self.topic!r}: {exc}") from None
+        object.__setattr__(self, "signals", signals)
+        check_topic(self.topic)
+        if self.direction not in ("in", "out", "both"):
+            raise ConfigError(
+                f"route to {self.topic!r}: direction must be 'in', 'out' or 'both', "
+                f"not {self.direction!r}"
+            )
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ConfigError(f"route to {self.topic!r}: key must be a payload field name")
+        if self.dlq is not None:
+            check_topic(self.dlq)
+            if self.dlq == self.topic:
+                raise ConfigError(f"route to {self.topic!r}: the dead-letter topic must differ")
+
+    @classmethod
+    def outbound(cls, signals: str | Sequence[str], *, topic: str, key: str | None = None) -> Route:
+        """Route local events matching ``signals`` out to ``topic``."""
+        return cls(_tuple(signals), topic, "out", key=key)
+
+    @classmethod
+    def inbound(cls, signals: str | Sequence[str], *, topic: str, dlq: str | None = None) -> Route:
+        """Route records of the types ``signals`` on ``topic`` in to the local bus."""
+        return cls(_tuple(signals), topic, "in", dlq=dlq)
+
+    @classmethod
+    def both(
+        cls,
+        signals: str | Sequence[str],
+        *,
+        topic: str,
+        key: str | None = None,
+        dlq: str | None = None,
+    ) -> Route:
+        """Route ``signals`` out to ``topic`` and in from it."""
+        return cls(_tuple(signals), topic, "both", key=key, dlq=dlq)
+
+    @property
+    def is_outbound(self) -> bool:
+        return self.direction in ("out", "both")
+
+    @property
+    def is_inbound(self) -> bool:
+        return self.direction in ("in", "both")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """Where records of this route that cannot be handled go."""
+        return self.dlq or f"{self.topic}.dlq"
+
+    def matches(self, name: str) -> bool:
+        """True if the signal ``name`` is covered by this route."""
+        return any(compile_pattern(s)(name) if "*" in s else s == name for s in self.signals)
+
+
+def _tuple(signals: str | Sequence[str]) -> tuple[str, ...]:
+    return (signals,) if isinstance(signals, str) else tuple(signals)

@@ -1,0 +1,156 @@
+"""The transport seam: the few operations the bridge needs from a broker.
+
+Two implementations honour the same contract (``tests/bridge/test_transport_contract.py``
+runs one suite against both): ``KafkaTransport`` (confluent-kafka) and
+``MemoryTransport`` (in-process, for tests without infrastructure).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record read from, or delivered to, a topic partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int | None = None
+
+    def header(self, name: str) -> bytes | None:
+        """Return the last value of header ``name``, or None."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
+
+DeliveryCallback = Callable[[Exception | None, Record], None]
+"""Called once per produced record: ``(None, record)`` when delivered (``offset`` set),
+``(TransportError, record)`` when it failed for good (``offset`` is -1)."""
+
+PartitionsCallback = Callable[[list[tuple[str, int]]], None]
+"""Called with the ``(topic, partition)`` list on assignment or revocation."""
+
+
+class Producer(ABC):
+    """Writes records. All methods are thread safe."""
+
+    @abstractmethod
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers = (),
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Queue one record without waiting for the broker.
+
+        Records with the same key go to the same partition, in produce order. When the
+        local queue is full, waits (serving delivery reports) up to the transport's
+        ``queue_full_timeout``, then raises ``QueueFullError``. ``on_delivery`` runs
+        later, from ``poll`` or ``flush``, in the thread that calls them.
+        """
+
+    @abstractmethod
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve pending delivery callbacks; return how many were served."""
+
+    @abstractmethod
+    def flush(self, timeout: float) -> int:
+        """Wait until queued records are delivered or failed; return how many remain."""
+
+    @abstractmethod
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, then release the producer. Idempotent."""
+
+
+class Consumer(ABC):
+    """Reads records as one member of a consumer group.
+
+    Not thread safe: one thread polls, stores, commits and closes. Offsets are committed
+    only once stored (at-least-once): ``store(record)`` marks a record processed, and
+    stored offsets are committed periodically, on ``commit()``, on revocation and on
+    ``close()``. After a restart the group resumes after the last committed record.
+    """
+
+    @abstractmethod
+    def poll(self, timeout: float) -> Record | None:
+        """Return the next record, or None when none arrived within ``timeout`` seconds.
+
+        Rebalance callbacks run inside ``poll``. Transient broker errors are logged and
+        retried internally, not raised; a fatal error raises ``TransportError``.
+        """
+
+    @abstractmethod
+    def store(self, record: Record) -> None:
+        """Mark ``record`` processed: the next commit covers it and everything before it."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Commit the stored offsets now (synchronously). No-op when nothing is stored."""
+
+    @abstractmethod
+    def is_ready(self) -> bool:
+        """True once the first assignment is complete and every assigned partition has a
+        start position (so a record produced from now on will be read)."""
+
+    @abstractmethod
+    def assignment(self) -> list[tuple[str, int]]:
+        """The ``(topic, partition)`` pairs assigned to this member now."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Commit stored offsets, leave the group, release the consumer. Idempotent."""
+
+
+class Transport(ABC):
+    """Makes producers and consumers for one broker (or one in-process broker)."""
+
+    @abstractmethod
+    def producer(self) -> Producer:
+        """Return a new producer (idempotent, acks=all where the transport has acks)."""
+
+    @abstractmethod
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        from_beginning: bool = False,
+    ) -> Consumer:
+        """Return a consumer in ``group`` subscribed to ``topics``.
+
+        A partition with no committed offset starts at its end when it is assigned
+        (at its beginning with ``from_beginning``, or when ``auto.offset.reset`` says
+        ``earliest``); either way the position is
+        fixed before ``is_ready()`` turns true, so nothing produced after that is missed.
+        ``on_revoke`` runs after stored offsets of the revoked partitions were committed.
+        """
+
+    @abstractmethod
+    def ensure_topics(
+        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+    ) -> None:
+        """Create the topics that do not exist yet; wait until they exist. Raises
+        ``TransportError`` if that takes longer than ``timeout`` seconds."""
+
+    @abstractmethod
+    def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
+        """Return ``{topic: partition count}`` for every topic; ``TransportError`` if the
+        broker cannot be reached within ``timeout`` seconds."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release shared resources (admin clients). Idempotent."""
