@@ -17,7 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from eventbus import Event, EventBus, HandlerFailure, PayloadError
 from eventbus._errors import handler_name
@@ -34,6 +34,9 @@ from ._errors import (
 )
 from ._routes import Route
 from ._transport import Consumer, Producer, Record, Transport
+
+if TYPE_CHECKING:
+    from ._outbox import Outbox
 
 log = logging.getLogger("bridge")
 
@@ -70,6 +73,13 @@ class Stats:
     echoes: int = 0
     unrouted: int = 0
     last_delivery_latency: float = 0.0
+
+
+class DedupStore(Protocol):
+    """Remembers handled event ids (in memory, or in SQLite across restarts)."""
+
+    def seen(self, event_id: str) -> bool: ...
+    def add(self, event_id: str) -> None: ...
 
 
 class _Dedup:
@@ -129,6 +139,9 @@ class Bridge:
         dedup_size: int = 100_000,
         unrouted: Literal["skip", "dlq"] = "skip",
         on_delivery_failure: DeliveryFailureCallback | None = None,
+        outbox: str | None = None,
+        outbox_max_events: int = 1_000_000,
+        dedup_path: str | None = None,
         create_topics: bool = True,
         partitions: int = 1,
         ready_timeout: float = 30.0,
@@ -164,7 +177,16 @@ class Bridge:
         self.drain_timeout = drain_timeout
         self.id = str(uuid.uuid4())
         self.stats = Stats()
-        self._dedup = _Dedup(dedup_window, dedup_size)
+        self._dedup: DedupStore = _Dedup(dedup_window, dedup_size)
+        if dedup_path:
+            from ._dedup import SqliteDedup  # sqlite3 only when asked for
+
+            self._dedup = SqliteDedup(dedup_path, dedup_window, dedup_size)
+        self._outbox: Outbox | None = None
+        if outbox:
+            from ._outbox import Outbox
+
+            self._outbox = Outbox(outbox, max_events=outbox_max_events)
         self._headers = HeaderBuilder(service, self.id)
         self._out_routes = tuple(r for r in self.routes if r.is_outbound)
         self._in_routes = tuple(r for r in self.routes if r.is_inbound)
@@ -217,6 +239,8 @@ class Bridge:
                 self.transport.ensure_topics(self.topics, self.partitions, self.ready_timeout)
             self._producer = self.transport.producer()
             self._spawn("bridge-delivery", self._poll_deliveries)
+            if self._outbox is not None:
+                self._outbox.start(self._producer, self._delivered)
             if self._in_routes:
                 topics = list(dict.fromkeys(r.topic for r in self._in_routes))
                 self._consumer = self.transport.consumer(self.group, topics)
@@ -267,6 +291,8 @@ class Bridge:
                 self._consumer.close()
             except TransportError as exc:
                 log.error("bridge %s: closing the consumer failed: %s", self.service, exc)
+        if self._outbox is not None:
+            self._outbox.stop(self.drain_timeout)
         if self._producer is not None:
             left = self._producer.flush(self.drain_timeout)
             if left:
@@ -322,7 +348,10 @@ class Bridge:
                         f"{name}: the route to topic {route.topic!r} needs payload field "
                         f"{route.key!r} as its partition key"
                     ) from None
-            producer.produce(route.topic, value, key, headers, self._delivered)
+            if self._outbox is not None:
+                self._outbox.append(route.topic, value, key, headers)
+            else:
+                producer.produce(route.topic, value, key, headers, self._delivered)
 
     def _delivered(self, error: Exception | None, record: Record) -> None:
         stats = self.stats
