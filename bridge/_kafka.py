@@ -1,0 +1,532 @@
+"""The Kafka transport: the transport seam over confluent-kafka (librdkafka).
+
+``config`` holds librdkafka settings, passed through untouched; we only add defaults the
+user did not set. Producer: ``enable.idempotence=true``, ``acks=all``, ``linger.ms=5``.
+Consumer: ``enable.auto.offset.store=false`` (only ``store()``d records are committed),
+``enable.auto.commit=true`` (stored offsets are committed every
+``auto.commit.interval.ms``), ``auto.offset.reset=latest`` and
+``partition.assignment.strategy=cooperative-sticky``: a rebalance only moves the partitions
+that must move, so the members that keep theirs never stop consuming.
+
+One config may hold producer and consumer keys (one ``[kafka]`` section). librdkafka warns
+about a key of the other client type, so the well-known producer-only keys are dropped
+from consumer configs and vice versa (``PRODUCER_ONLY``, ``CONSUMER_ONLY``); any other key
+goes to every client, and librdkafka's remaining warnings reach the ``bridge.kafka`` logger.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from ._errors import ConfigError, QueueFullError, TransportError
+from ._transport import (
+    Consumer,
+    DeliveryCallback,
+    Headers,
+    PartitionsCallback,
+    Producer,
+    Record,
+    Transport,
+)
+
+log = logging.getLogger("bridge.kafka")
+
+__all__ = ["CONSUMER_ONLY", "PRODUCER_ONLY", "KafkaTransport"]
+
+PRODUCER_DEFAULTS: Mapping[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+}
+CONSUMER_DEFAULTS: Mapping[str, Any] = {
+    "enable.auto.offset.store": False,
+    "enable.auto.commit": True,
+    "auto.offset.reset": "latest",
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+
+PRODUCER_ONLY = frozenset(
+    {
+        "acks",
+        "batch.num.messages",
+        "batch.size",
+        "compression.codec",
+        "compression.level",
+        "compression.type",
+        "delivery.report.only.error",
+        "delivery.timeout.ms",
+        "enable.gapless.guarantee",
+        "enable.idempotence",
+        "linger.ms",
+        "message.send.max.retries",
+        "message.timeout.ms",
+        "on_delivery",
+        "partitioner",
+        "queue.buffering.backpressure.threshold",
+        "queue.buffering.max.kbytes",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.ms",
+        "queuing.strategy",
+        "request.required.acks",
+        "request.timeout.ms",
+        "retries",
+        "sticky.partitioning.linger.ms",
+        "transaction.timeout.ms",
+        "transactional.id",
+    }
+)
+"""Keys dropped from consumer configs (librdkafka would warn that they are ignored)."""
+
+CONSUMER_ONLY = frozenset(
+    {
+        "auto.commit.interval.ms",
+        "auto.offset.reset",
+        "check.crcs",
+        "consume.callback.max.messages",
+        "coordinator.query.interval.ms",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "enable.partition.eof",
+        "fetch.error.backoff.ms",
+        "fetch.max.bytes",
+        "fetch.message.max.bytes",
+        "fetch.min.bytes",
+        "fetch.queue.backoff.ms",
+        "fetch.wait.max.ms",
+        "group.id",
+        "group.instance.id",
+        "group.protocol",
+        "group.protocol.type",
+        "group.remote.assignor",
+        "heartbeat.interval.ms",
+        "isolation.level",
+        "max.partition.fetch.bytes",
+        "max.poll.interval.ms",
+        "on_commit",
+        "partition.assignment.strategy",
+        "queued.max.messages.kbytes",
+        "queued.min.messages",
+        "session.timeout.ms",
+    }
+)
+"""Keys dropped from producer and admin configs."""
+
+
+def _on_error(err: KafkaError) -> None:
+    """librdkafka's error callback: transient errors are logged (the client retries them
+    itself); a fatal one raises out of the ``poll``/``flush``/``consume`` that served it."""
+    if err.fatal():
+        log.error("fatal Kafka error: %s", err)
+        raise TransportError(f"fatal Kafka error: {err}")
+    log.warning("Kafka error (the client retries): %s", err)
+
+
+def _client_config(
+    config: Mapping[str, Any], defaults: Mapping[str, Any], drop: frozenset[str]
+) -> dict[str, Any]:
+    merged = {**defaults, **{k: v for k, v in config.items() if k not in drop}}
+    merged.setdefault("error_cb", _on_error)
+    merged.setdefault("logger", log)
+    return merged
+
+
+def _translate(exc: KafkaException, what: str) -> TransportError:
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError):
+        return TransportError(f"{what}: {err.str()}", retriable=err.retriable())
+    return TransportError(f"{what}: {exc}")
+
+
+def _record(msg: Any) -> Record:
+    kind, timestamp = msg.timestamp()
+    return Record(
+        msg.topic(),
+        msg.partition(),
+        msg.offset(),
+        msg.key(),
+        msg.value(),
+        tuple(msg.headers() or ()),
+        timestamp if kind else None,
+    )
+
+
+def _delivered(
+    callback: DeliveryCallback, headers: Headers, err: KafkaError | None, msg: Any
+) -> None:
+    """Adapt confluent's ``(err, msg)`` delivery report to ``(exc | None, Record)``.
+
+    A delivery report carries no headers, so those given to ``produce`` are added."""
+    kind, timestamp = msg.timestamp()
+    record = Record(
+        msg.topic(),
+        msg.partition(),
+        msg.offset() if err is None else -1,
+        msg.key(),
+        msg.value(),
+        tuple(headers),
+        timestamp if kind else None,
+    )
+    if err is None:
+        callback(None, record)
+    else:
+        callback(TransportError(str(err), retriable=err.retriable()), record)
+
+
+class _KafkaProducer(Producer):
+    def __init__(self, config: dict[str, Any], queue_full_timeout: float) -> None:
+        try:
+            self._producer = confluent_kafka.Producer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"bad Kafka producer config: {exc}") from exc
+        self._produce = self._producer.produce
+        self._poll = self._producer.poll
+        self._queue_full_timeout = queue_full_timeout
+        self._closed = False
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers = (),
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        if self._closed:
+            raise TransportError("producer is closed")
+        # confluent-kafka takes headers as a list (or dict) only.
+        hdrs: Any = (headers if type(headers) is list else list(headers)) if headers else None
+        callback = (
+            None if on_delivery is None else functools.partial(_delivered, on_delivery, headers)
+        )
+        try:
+            try:
+                self._produce(topic, value, key, on_delivery=callback, headers=hdrs)
+            except BufferError:
+                self._produce_when_room(topic, value, key, callback, hdrs)
+            self._poll(0)
+        except KafkaException as exc:
+            raise _translate(exc, f"cannot produce to {topic!r}") from exc
+        except RuntimeError as exc:  # the client was closed
+            raise TransportError(f"cannot produce to {topic!r}: {exc}") from exc
+
+    def _produce_when_room(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        callback: Callable[[KafkaError | None, Any], None] | None,
+        headers: Any,
+    ) -> None:
+        deadline = time.monotonic() + self._queue_full_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QueueFullError(
+                    f"Kafka produce queue stayed full for {self._queue_full_timeout}s "
+                    "(queue.buffering.max.messages/kbytes; is the broker reachable?)"
+                )
+            self._poll(min(0.1, remaining))
+            try:
+                self._produce(topic, value, key, on_delivery=callback, headers=headers)
+            except BufferError:
+                continue
+            return
+
+    def poll(self, timeout: float = 0.0) -> int:
+        try:
+            return int(self._poll(timeout))
+        except KafkaException as exc:
+            raise _translate(exc, "producer poll failed") from exc
+
+    def flush(self, timeout: float) -> int:
+        try:
+            return int(self._producer.flush(timeout))
+        except KafkaException as exc:
+            raise _translate(exc, "producer flush failed") from exc
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        left = self.flush(timeout)
+        if left:
+            # Fail what is left so every record still gets its (failed) delivery report.
+            log.error("closing the producer: %d record(s) not delivered in %ss", left, timeout)
+            self._producer.purge()
+            self._producer.flush(0)
+
+
+class _KafkaConsumer(Consumer):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: Sequence[str],
+        on_assign: PartitionsCallback | None,
+        on_revoke: PartitionsCallback | None,
+        start_timeout: float,
+    ) -> None:
+        try:
+            self._consumer = confluent_kafka.Consumer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"bad Kafka consumer config: {exc}") from exc
+        self._earliest = str(config.get("auto.offset.reset", "latest")).lower() in (
+            "earliest",
+            "smallest",
+            "beginning",
+        )
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._start_timeout = start_timeout
+        self._assigned: set[tuple[str, int]] = set()
+        self._ready = False
+        self._closed = False
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=self._assigned_cb,
+            on_revoke=self._revoked_cb,
+            on_lost=self._lost_cb,
+        )
+
+    # -- rebalance callbacks (run inside consume/poll/close) --------------------------
+
+    def _assigned_cb(self, consumer: Any, partitions: list[Any]) -> None:
+        if partitions:
+            partitions = self._start_positions(consumer, partitions)
+        consumer.incremental_assign(partitions)
+        gained = [(tp.topic, tp.partition) for tp in partitions]
+        self._assigned.update(gained)
+        if self._on_assign is not None:
+            self._on_assign(gained)
+        self._ready = True
+
+    def _start_positions(self, consumer: Any, partitions: list[Any]) -> list[Any]:
+        """Fix each partition's start (committed offset, else the end or start of the log)
+        before the assignment: a logical ``latest`` resolves later, and a record produced
+        in between would be skipped."""
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            try:
+                committed = consumer.committed(partitions, timeout=deadline - time.monotonic())
+                for tp in committed:
+                    if tp.offset < 0:
+                        low, high = consumer.get_watermark_offsets(
+                            tp, timeout=max(0.1, deadline - time.monotonic()), cached=False
+                        )
+                        tp.offset = low if self._earliest else high
+                return list(committed)
+            except KafkaException as exc:
+                if time.monotonic() >= deadline:
+                    raise _translate(exc, "cannot find start offsets of the assignment") from exc
+                log.warning("finding start offsets failed, retrying: %s", exc)
+
+    def _revoked_cb(self, consumer: Any, partitions: list[Any]) -> None:
+        self._commit_quietly()
+        self._give_up(consumer, partitions)
+
+    def _lost_cb(self, consumer: Any, partitions: list[Any]) -> None:
+        log.warning("partitions lost (not committed): %s", partitions)
+        self._give_up(consumer, partitions)
+
+    def _give_up(self, consumer: Any, partitions: list[Any]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= lost
+        if self._on_revoke is not None:
+            self._on_revoke(sorted(lost))
+        consumer.incremental_unassign(partitions)
+
+    def _commit_quietly(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("committing stored offsets on revocation failed: %s", exc)
+
+    # -- the Consumer interface --------------------------------------------------------
+
+    def poll(self, timeout: float) -> Record | None:
+        # One record per librdkafka poll: batching with consume() behind this measured no
+        # faster (the per-record Python work dominates), and poll lets librdkafka discard
+        # records of revoked partitions itself.
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                msg = self._consumer.poll(timeout)
+                if msg is None:
+                    return None
+                error = msg.error()
+                if error is None:
+                    return _record(msg)
+                if error.fatal():
+                    raise TransportError(f"fatal Kafka consumer error: {error}")
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("Kafka consumer error (skipped): %s", error)
+                timeout = max(0.0, deadline - time.monotonic())
+        except KafkaException as exc:
+            raise _translate(exc, "consumer poll failed") from exc
+        except RuntimeError as exc:  # the consumer was closed
+            raise TransportError(f"consumer poll failed: {exc}") from exc
+
+    def store(self, record: Record) -> None:
+        try:
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(record.topic, record.partition, record.offset + 1)]
+            )
+        except KafkaException as exc:
+            # Revoked meanwhile: the new owner reads it again (at-least-once holds).
+            log.debug("not storing %s: %s", record, exc)
+
+    def commit(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                raise _translate(exc, "commit failed") from exc
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return sorted(self._assigned)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._consumer.close()  # revokes (our callback commits), commits, leaves
+        except KafkaException as exc:
+            raise _translate(exc, "closing the consumer failed") from exc
+
+
+class KafkaTransport(Transport):
+    """A transport over a Kafka cluster through confluent-kafka (see the module docstring).
+
+    ``config``: librdkafka settings (``bootstrap.servers`` at least), producer and consumer
+    keys together. ``queue_full_timeout``: how long ``produce`` waits while the local
+    queue is full. ``start_timeout``: how long an
+    assignment may take to find its start offsets. Thread safe.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        queue_full_timeout: float = 5.0,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.config = dict(config)
+        self.queue_full_timeout = queue_full_timeout
+        self.start_timeout = start_timeout
+        self._admin: AdminClient | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The configured ``bootstrap.servers``."""
+        return str(self.config.get("bootstrap.servers", "<bootstrap.servers unset>"))
+
+    def producer_config(self) -> dict[str, Any]:
+        """The config a new producer gets: ours defaults, the user's keys, no consumer keys."""
+        return _client_config(self.config, PRODUCER_DEFAULTS, CONSUMER_ONLY)
+
+    def consumer_config(self, group: str, *, from_beginning: bool = False) -> dict[str, Any]:
+        """The config a new consumer of ``group`` gets (no producer keys)."""
+        config = _client_config(self.config, CONSUMER_DEFAULTS, PRODUCER_ONLY)
+        config["group.id"] = group
+        if from_beginning:
+            config["auto.offset.reset"] = "earliest"
+        return config
+
+    def producer(self) -> Producer:
+        """Return a new producer; ``ConfigError`` if librdkafka rejects the config."""
+        return _KafkaProducer(self.producer_config(), self.queue_full_timeout)
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        from_beginning: bool = False,
+    ) -> Consumer:
+        """Return a new member of ``group``; it joins the group inside its ``poll``."""
+        return _KafkaConsumer(
+            self.consumer_config(group, from_beginning=from_beginning),
+            topics,
+            on_assign,
+            on_revoke,
+            self.start_timeout,
+        )
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            config = _client_config(self.config, {}, CONSUMER_ONLY | PRODUCER_ONLY)
+            try:
+                self._admin = AdminClient(config)
+            except KafkaException as exc:
+                raise ConfigError(f"bad Kafka config: {exc}") from exc
+        return self._admin
+
+    def _metadata(self, timeout: float) -> Any:
+        try:
+            return self._admin_client().list_topics(timeout=max(timeout, 0.001))
+        except KafkaException as exc:
+            raise _translate(exc, f"cannot reach Kafka at {self.bootstrap}") from exc
+
+    def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
+        """Return ``{topic: partition count}``, without Kafka's internal ``__`` topics.
+        Blocks up to ``timeout`` seconds."""
+        topics = self._metadata(timeout).topics
+        return {
+            name: len(meta.partitions) for name, meta in topics.items() if not name.startswith("__")
+        }
+
+    def ensure_topics(
+        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+    ) -> None:
+        """Create the missing topics (broker's default replication factor), then wait until
+        every partition of each has a leader. Blocks up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        existing = self._metadata(timeout).topics
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            futures = self._admin_client().create_topics(
+                [NewTopic(t, num_partitions=partitions) for t in missing],
+                request_timeout=max(timeout, 0.001),
+            )
+            for topic, future in futures.items():
+                try:
+                    future.result(timeout=max(deadline - time.monotonic(), 0.001))
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise _translate(exc, f"cannot create topic {topic!r}") from exc
+                except TimeoutError as exc:
+                    raise TransportError(f"creating topic {topic!r} timed out") from exc
+        while True:
+            meta = self._metadata(deadline - time.monotonic()).topics
+            pending = [
+                t
+                for t in topics
+                if t not in meta
+                or meta[t].error is not None
+                or not meta[t].partitions
+                or any(p.leader < 0 for p in meta[t].partitions.values())
+            ]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise TransportError(f"topics not ready after {timeout}s: {pending}")
+            time.sleep(0.05)  # metadata has no change notification; poll it briefly
+
+    def close(self) -> None:
+        """Drop the shared admin client. Idempotent."""
+        self._admin = None

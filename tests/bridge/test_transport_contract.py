@@ -1,0 +1,388 @@
+"""The transport contract: ONE suite that every transport must pass (memory and Kafka).
+
+Each test gets fresh topic names and group ids. Waiting is always "poll until a predicate
+holds, with a deadline"; to prove that nothing else arrives, a sentinel record is produced
+after the others and reading stops at it (per-partition order makes that exact).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bridge._errors import TransportError
+from bridge._memory import MemoryTransport
+from bridge._transport import Consumer, Producer, Record, Transport
+
+DEADLINE = 15.0
+
+
+@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
+def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
+    if request.param == "memory":
+        yield MemoryTransport()
+        return
+    from bridge._kafka import KafkaTransport
+
+    bootstrap = request.getfixturevalue("kafka_bootstrap")
+    # Rebalances are announced with heartbeats: a short interval keeps group tests fast.
+    kafka = KafkaTransport({"bootstrap.servers": bootstrap, "heartbeat.interval.ms": 500})
+    yield kafka
+    kafka.close()
+
+
+@pytest.fixture
+def created_topics(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Names of the topics a test made; deleted afterwards on Kafka."""
+    kafka = request.node.callspec.params["transport"] == "kafka"
+    admin = request.getfixturevalue("kafka_admin") if kafka else None
+    created: list[str] = []
+    yield created
+    if admin is not None and created:
+        for future in admin.delete_topics(created, operation_timeout=10).values():
+            future.result(timeout=30)
+
+
+@pytest.fixture
+def new_topic(transport: Transport, created_topics: list[str]) -> Callable[..., str]:
+    """Factory: a fresh topic with ``partitions`` partitions, created through the transport."""
+
+    def make(partitions: int = 1) -> str:
+        name = f"contract-{uuid.uuid4().hex[:12]}"
+        created_topics.append(name)
+        transport.ensure_topics([name], partitions, timeout=DEADLINE)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def producer(transport: Transport) -> Iterator[Producer]:
+    p = transport.producer()
+    yield p
+    p.close(5)
+
+
+@pytest.fixture
+def consumers(transport: Transport) -> Iterator[Callable[..., Consumer]]:
+    """Factory for consumers that are closed after the test (closing twice is fine)."""
+    made: list[Consumer] = []
+
+    def make(group: str, topics: list[str], **kwargs: Any) -> Consumer:
+        consumer = transport.consumer(group, topics, **kwargs)
+        made.append(consumer)
+        return consumer
+
+    yield make
+    for consumer in made:
+        consumer.close()
+
+
+def group_id() -> str:
+    return f"group-{uuid.uuid4().hex[:12]}"
+
+
+def until(
+    consumers: list[Consumer],
+    done: Callable[[], bool],
+    what: str,
+    sink: dict[int, list[Record]] | None = None,
+    timeout: float = DEADLINE,
+) -> dict[int, list[Record]]:
+    """Poll every consumer in turn until ``done()``; return the records each one read
+    (by position in ``consumers``). Fails the test after ``timeout`` seconds."""
+    got = sink if sink is not None else {i: [] for i in range(len(consumers))}
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; got {got}")
+        for i, consumer in enumerate(consumers):
+            record = consumer.poll(0.05)
+            if record is not None:
+                got[i].append(record)
+    return got
+
+
+def ready(*consumers: Consumer, records: list[Record] | None = None) -> None:
+    """Poll until every consumer is ready. Records read meanwhile go to ``records``;
+    without it, none may arrive."""
+    got = until(list(consumers), lambda: all(c.is_ready() for c in consumers), "readiness")
+    if records is None:
+        assert not any(got.values()), f"records before anything was produced: {got}"
+    else:
+        records.extend(r for rs in got.values() for r in rs)
+
+
+def read_until(consumer: Consumer, stop: Callable[[list[Record]], bool], what: str) -> list[Record]:
+    records: list[Record] = []
+    until([consumer], lambda: stop(records), what, sink={0: records})
+    return records
+
+
+def values(records: list[Record]) -> list[bytes | None]:
+    return [r.value for r in records]
+
+
+def produce_all(
+    producer: Producer, topic: str, items: list[tuple[bytes | None, bytes]]
+) -> list[Record]:
+    """Produce ``(key, value)`` items, flush, return their delivery reports in order."""
+    reports: list[tuple[Exception | None, Record]] = []
+    for key, value in items:
+        producer.produce(topic, value, key, on_delivery=lambda e, r: reports.append((e, r)))
+    assert producer.flush(DEADLINE) == 0
+    assert len(reports) == len(items)
+    assert all(error is None for error, _ in reports), reports
+    by_value = {r.value: r for _, r in reports}
+    return [by_value[value] for _, value in items]
+
+
+def keys_per_partition(producer: Producer, topic: str, partitions: int) -> dict[int, bytes]:
+    """Find a key for each partition by producing probes (their values start with ``probe``)."""
+    found: dict[int, bytes] = {}
+    n = 0
+    while len(found) < partitions:
+        batch = [(f"key-{n + i}".encode(), f"probe-{n + i}".encode()) for i in range(16)]
+        for record in produce_all(producer, topic, batch):
+            found.setdefault(record.partition, record.key or b"")
+        n += 16
+        assert n < 1000, "keys never reached every partition"
+    return found
+
+
+# -- the contract ----------------------------------------------------------------------
+
+
+def test_round_trip_keeps_key_value_and_headers(new_topic, producer, consumers):
+    topic = new_topic()
+    consumer = consumers(group_id(), [topic])
+    ready(consumer)
+    value = bytes(range(256))
+    headers = [("a", b"1"), ("bin", b"\x00\xff\x80"), ("a", b"2"), ("empty", b"")]
+
+    producer.produce(topic, value, b"\x00key\xff", headers)
+    assert producer.flush(DEADLINE) == 0
+    [record] = read_until(consumer, lambda rs: len(rs) >= 1, "the record")
+
+    assert (record.topic, record.partition, record.offset) == (topic, 0, 0)
+    assert record.key == b"\x00key\xff"
+    assert record.value == value
+    assert record.headers == tuple(headers)
+    assert record.header("a") == b"2"
+    assert record.header("missing") is None
+    assert record.timestamp_ms is not None
+    assert abs(record.timestamp_ms / 1000 - time.time()) < 60
+
+
+def test_same_key_same_partition_and_order_kept(new_topic, producer, consumers):
+    topic = new_topic(3)
+    consumer = consumers(group_id(), [topic])
+    ready(consumer)
+    keys = [f"entity-{i}".encode() for i in range(6)]
+    items = [(keys[n % len(keys)], f"{n}".encode()) for n in range(60)]
+
+    reports = produce_all(producer, topic, items)
+    records = read_until(consumer, lambda rs: len(rs) >= len(items), "all records")
+
+    for key in keys:
+        mine = [r for r in records if r.key == key]
+        assert len({r.partition for r in mine}) == 1, f"{key!r} spread over partitions"
+        assert [int(r.value or b"") for r in mine] == [
+            n for n, (k, _) in enumerate(items) if k == key
+        ]
+        offsets = [r.offset for r in mine]
+        assert offsets == sorted(offsets)
+        assert {r.partition for r in reports if r.key == key} == {mine[0].partition}
+    assert len({r.partition for r in records}) > 1, "six keys all hashed to one partition"
+
+
+def test_delivery_callback_reports_success_with_position(new_topic, producer):
+    topic = new_topic(2)
+    reports: list[tuple[Exception | None, Record]] = []
+    headers = [("h", b"v")]
+
+    producer.produce(topic, b"value", b"key", headers, lambda e, r: reports.append((e, r)))
+    assert producer.flush(DEADLINE) == 0
+
+    [(error, record)] = reports
+    assert error is None
+    assert record.topic == topic
+    assert record.partition in (0, 1)
+    assert record.offset == 0
+    assert (record.key, record.value, record.headers) == (b"key", b"value", tuple(headers))
+
+
+def test_flush_returns_zero_once_everything_is_delivered(new_topic, producer):
+    topic = new_topic()
+    served: list[Exception | None] = []
+    for n in range(100):
+        producer.produce(topic, b"%d" % n, on_delivery=lambda e, r: served.append(e))
+    producer.produce(topic, b"no callback")
+
+    assert producer.flush(DEADLINE) == 0
+    assert served == [None] * 100
+    assert producer.flush(0) == 0
+    assert producer.poll(0) == 0  # nothing left to serve
+
+
+def test_two_groups_each_see_every_record(new_topic, producer, consumers):
+    topic = new_topic(2)
+    first, second = consumers(group_id(), [topic]), consumers(group_id(), [topic])
+    ready(first, second)
+    items = [(b"k%d" % n, b"v%d" % n) for n in range(20)]
+
+    produce_all(producer, topic, items)
+
+    for consumer in (first, second):
+        records = read_until(consumer, lambda rs: len(rs) >= 20, "all records")
+        assert sorted(values(records)) == sorted(v for _, v in items)
+
+
+def test_ready_then_produce_is_read_with_latest_reset(new_topic, producer, consumers):
+    topic = new_topic()
+    produce_all(producer, topic, [(None, b"before the group existed")])
+    consumer = consumers(group_id(), [topic])
+    ready(consumer)
+
+    produce_all(producer, topic, [(None, b"after ready")])
+
+    records = read_until(consumer, lambda rs: len(rs) >= 1, "the record produced after ready")
+    assert values(records) == [b"after ready"]
+
+
+def test_from_beginning_reads_older_records(new_topic, producer, consumers):
+    topic = new_topic()
+    produce_all(producer, topic, [(None, b"old")])
+    consumer = consumers(group_id(), [topic], from_beginning=True)
+    records = read_until(consumer, lambda rs: len(rs) >= 1, "the old record")
+    assert values(records) == [b"old"]
+
+
+def test_committed_offsets_are_where_the_group_resumes(new_topic, producer, consumers):
+    topic, group = new_topic(), group_id()
+    first = consumers(group, [topic])
+    ready(first)
+    produce_all(producer, topic, [(None, b"a"), (None, b"b")])
+    for record in read_until(first, lambda rs: len(rs) >= 2, "a and b"):
+        first.store(record)
+    first.commit()
+    first.close()
+    # Produced while no member is running: only a committed offset makes them visible
+    # to the next member (with no commit it would start at the end and miss them).
+    produce_all(producer, topic, [(None, b"c"), (None, b"d")])
+
+    second = consumers(group, [topic])
+    records = read_until(second, lambda rs: b"d" in values(rs), "c and d")
+    assert values(records) == [b"c", b"d"]
+
+
+def test_unstored_records_are_redelivered_after_restart(new_topic, producer, consumers):
+    topic, group = new_topic(), group_id()
+    first = consumers(group, [topic])
+    ready(first)
+    produce_all(producer, topic, [(None, b"a"), (None, b"b"), (None, b"c")])
+    records = read_until(first, lambda rs: len(rs) >= 3, "a, b, c")
+    first.store(records[0])  # b and c were read but not processed
+    first.close()  # commits what was stored
+
+    second = consumers(group, [topic])
+    early: list[Record] = []
+    ready(second, records=early)
+    produce_all(producer, topic, [(None, b"end")])
+    records = read_until(second, lambda rs: b"end" in values(early + rs), "the sentinel")
+    assert values(early + records) == [b"b", b"c", b"end"]
+
+
+def test_store_without_commit_is_committed_on_close(new_topic, producer, consumers):
+    topic, group = new_topic(), group_id()
+    first = consumers(group, [topic])
+    ready(first)
+    produce_all(producer, topic, [(None, b"a"), (None, b"b")])
+    for record in read_until(first, lambda rs: len(rs) >= 2, "a and b"):
+        first.store(record)
+    first.close()
+    first.close()  # idempotent
+
+    second = consumers(group, [topic])
+    ready(second)
+    produce_all(producer, topic, [(None, b"end")])
+    assert values(read_until(second, lambda rs: len(rs) >= 1, "end")) == [b"end"]
+
+
+def test_commit_with_nothing_stored_is_a_no_op(new_topic, consumers):
+    consumer = consumers(group_id(), [new_topic()])
+    ready(consumer)
+    consumer.commit()
+    consumer.commit()
+
+
+def test_ensure_topics_creates_and_list_topics_shows_partitions(transport, created_topics):
+    names = [f"contract-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    created_topics.extend(names)
+    assert not set(names) & set(transport.list_topics(timeout=DEADLINE))
+
+    transport.ensure_topics(names, 3, timeout=DEADLINE)
+    transport.ensure_topics(names, 3, timeout=DEADLINE)  # existing: nothing to do
+
+    listed = transport.list_topics(timeout=DEADLINE)
+    assert {name: listed.get(name) for name in names} == dict.fromkeys(names, 3)
+
+
+def test_group_members_share_partitions_and_take_over_on_close(new_topic, producer, consumers):
+    topic, group = new_topic(2), group_id()
+    key = keys_per_partition(producer, topic, 2)  # probes land before the group starts
+    revoked: list[list[tuple[str, int]]] = []
+    one = consumers(group, [topic], on_revoke=revoked.append)
+    two = consumers(group, [topic])
+    members = [one, two]
+    until(
+        members,
+        lambda: (
+            all(c.is_ready() for c in members)
+            and len(one.assignment()) == 1
+            and len(two.assignment()) == 1
+        ),
+        "one partition each",
+    )
+    assert sorted(one.assignment() + two.assignment()) == [(topic, 0), (topic, 1)]
+    [(_, p_one)] = one.assignment()
+    [(_, p_two)] = two.assignment()
+
+    items = [(key[p_one], b"one-%d" % n) for n in range(3)]
+    items += [(key[p_two], b"two-%d" % n) for n in range(3)]
+    produce_all(producer, topic, items)
+    got: dict[int, list[Record]] = {0: [], 1: []}
+    until(members, lambda: len(got[0]) + len(got[1]) >= 6, "six records", sink=got)
+    assert values(got[0]) == [b"one-0", b"one-1", b"one-2"]
+    assert values(got[1]) == [b"two-0", b"two-1", b"two-2"]
+    one.store(got[0][0])  # one processed one-0 only
+    for record in got[1]:
+        two.store(record)
+
+    one.close()
+    assert revoked[-1] == [(topic, p_one)]
+    taken = until([two], lambda: len(two.assignment()) == 2, "two takes over both partitions")
+    produce_all(producer, topic, [(key[p_one], b"end-one"), (key[p_two], b"end-two")])
+    rest = read_until(
+        two, lambda rs: {b"end-one", b"end-two"} <= set(values(taken[0] + rs)), "both sentinels"
+    )
+    seen = taken[0] + rest
+    assert sorted(values(seen)) == [b"end-one", b"end-two", b"one-1", b"one-2"]
+    assert values([r for r in seen if r.partition == p_one]) == [b"one-1", b"one-2", b"end-one"]
+
+
+def test_closed_producer_and_consumer_refuse_work(transport, new_topic):
+    topic = new_topic()
+    producer = transport.producer()
+    producer.close(5)
+    producer.close(5)  # idempotent
+    with pytest.raises(TransportError):
+        producer.produce(topic, b"late")
+    consumer = transport.consumer(group_id(), [topic])
+    consumer.close()
+    with pytest.raises(TransportError):
+        consumer.poll(0)
