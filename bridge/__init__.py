@@ -43,6 +43,7 @@ __all__ = [
     "Route",
     "Stats",
     "Transport",
+    "TransportError",
     "current_trace",
     "trace_context",
 ]

@@ -121,6 +121,14 @@ class Bridge:
     do records that cannot be decoded or validated. Event ids seen within
     ``dedup_window`` seconds are dropped. Records of types no inbound route names are
     skipped (``unrouted="skip"``) or dead-lettered (``"dlq"``).
+
+    Reliability options (docs/reliability.md): ``outbox``, the path of a SQLite file (or
+    an ``Outbox``), makes outbound durable: an emit returns once the event is stored
+    there, a relay thread produces it and deletes it once delivered, so events survive a
+    broker outage and a crash of the process (sent again on the next start; duplicates
+    are possible). ``outbox_max_events`` bounds it: an emit then waits, then raises
+    ``QueueFullError``. ``dedup_path``, a SQLite file, keeps the handled event ids across
+    restarts (effectively-once handling of redelivered events within ``dedup_window``).
     """
 
     def __init__(
@@ -139,7 +147,7 @@ class Bridge:
         dedup_size: int = 100_000,
         unrouted: Literal["skip", "dlq"] = "skip",
         on_delivery_failure: DeliveryFailureCallback | None = None,
-        outbox: str | None = None,
+        outbox: str | Outbox | None = None,
         outbox_max_events: int = 1_000_000,
         dedup_path: str | None = None,
         create_topics: bool = True,
@@ -183,10 +191,12 @@ class Bridge:
 
             self._dedup = SqliteDedup(dedup_path, dedup_window, dedup_size)
         self._outbox: Outbox | None = None
-        if outbox:
+        if isinstance(outbox, str) and outbox:
             from ._outbox import Outbox
 
             self._outbox = Outbox(outbox, max_events=outbox_max_events)
+        elif outbox:
+            self._outbox = outbox
         self._headers = HeaderBuilder(service, self.id)
         self._out_routes = tuple(r for r in self.routes if r.is_outbound)
         self._in_routes = tuple(r for r in self.routes if r.is_inbound)
@@ -535,16 +545,15 @@ class Bridge:
         producer = self._producer
         assert producer is not None
         delay = self.backoff or 0.1
+        outcome: list[Exception | None] = []
+
+        def report(error: Exception | None, _record: Record) -> None:
+            outcome.append(error)
+
         while True:
-            outcome: list[Exception | None] = []
+            outcome.clear()
             try:
-                producer.produce(
-                    topic,
-                    record.value or b"",
-                    record.key,
-                    headers,
-                    lambda err, _rec, outcome=outcome: outcome.append(err),
-                )
+                producer.produce(topic, record.value or b"", record.key, headers, report)
                 producer.flush(self.drain_timeout)
             except TransportError as exc:
                 outcome.append(exc)

@@ -310,18 +310,25 @@ class _KafkaConsumer(Consumer):
 
     def _start_positions(self, consumer: Any, partitions: list[Any]) -> list[Any]:
         """Fix each partition's start (committed offset, else the end or start of the log)
-        before the assignment: a logical ``latest`` resolves later, and a record produced
-        in between would be skipped."""
+        before the assignment, and commit a start it had to resolve: a logical ``latest``
+        resolves later, so a record produced in between would be skipped, and an
+        uncommitted start would be re-resolved after a restart, skipping unfinished ones."""
         deadline = time.monotonic() + self._start_timeout
         while True:
             try:
                 committed = consumer.committed(partitions, timeout=deadline - time.monotonic())
+                fresh = []
                 for tp in committed:
                     if tp.offset < 0:
                         low, high = consumer.get_watermark_offsets(
                             tp, timeout=max(0.1, deadline - time.monotonic()), cached=False
                         )
                         tp.offset = low if self._earliest else high
+                        fresh.append(tp)
+                if fresh:
+                    # Commit the start at once: a record read from here but not finished
+                    # before a crash is then redelivered, instead of skipped by "latest".
+                    consumer.commit(offsets=fresh, asynchronous=False)
                 return list(committed)
             except KafkaException as exc:
                 if time.monotonic() >= deadline:

@@ -19,7 +19,8 @@ Kafka's semantics where the bridge relies on them:
 * Offsets are committed per (group, topic, partition) on ``commit()``, on revocation and on
   ``close()``; only stored offsets are committed. A partition without a committed offset
   starts at its end (at its start with ``from_beginning=True`` or
-  ``auto_offset_reset="earliest"``).
+  ``auto_offset_reset="earliest"``), and that start is committed at once, as
+  ``KafkaTransport`` does, so a restart resumes there.
 
 Where it differs from Kafka:
 
@@ -348,7 +349,9 @@ class _MemoryConsumer(Consumer):
                 broker._owners[(self.group, topic, partition)] = self
                 committed = broker._committed.get((self.group, topic, partition))
                 if committed is None:
+                    # As KafkaTransport: the resolved start is committed at once.
                     committed = 0 if self._earliest else len(broker._logs[topic][partition])
+                    broker._committed[(self.group, topic, partition)] = committed
                 self._positions[(topic, partition)] = committed
             if revoked:
                 self._cond.notify_all()  # the new owners wait for these

@@ -136,7 +136,8 @@ class Transport(ABC):
         A partition with no committed offset starts at its end when it is assigned
         (at its beginning with ``from_beginning``, or when ``auto.offset.reset`` says
         ``earliest``); either way the position is
-        fixed before ``is_ready()`` turns true, so nothing produced after that is missed.
+        fixed, and committed, before ``is_ready()`` turns true, so nothing produced after
+        that is missed, even by a member that restarts before committing anything.
         ``on_revoke`` runs after stored offsets of the revoked partitions were committed.
         """
 
