@@ -129,11 +129,13 @@ def bench_produce(n: int, rounds: int) -> dict[str, Any]:
     topic = topic_name("produce")
     KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([topic], 1)
     raw_produce(min(n, 5000), topic)  # warm up the broker and the connection
-    raws, ours = [], []
+    raws, ours, ceilings = [], [], []
     for _ in range(rounds):
         raws.append(raw_produce(n, topic))
         ours.append(bridge_produce(n, topic))
+        ceilings.append(raw_produce(n, topic, prebuilt=True))
     raw, bridge = statistics.median(raws), statistics.median(ours)
+    ceiling = statistics.median(ceilings)
     return {
         "bench": "produce",
         "events": n,
@@ -141,6 +143,8 @@ def bench_produce(n: int, rounds: int) -> dict[str, Any]:
         "bridge_eps": bridge,
         "ratio": bridge / raw,
         "target": 0.8,
+        "prebuilt_eps": ceiling,
+        "ratio_to_prebuilt": bridge / ceiling,
     }
 
 

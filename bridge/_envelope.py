@@ -7,11 +7,11 @@ parts are encoded once per bridge and the timestamp prefix once per second.
 from __future__ import annotations
 
 import contextlib
-import os
+import random
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from eventbus import InvalidNameError, check_name
 
@@ -52,12 +52,18 @@ def current_trace() -> tuple[bytes, bytes | None] | None:
     return _trace.get()
 
 
+_random_bits = random.getrandbits
+_V4_MASK = ~(0xF << 76) & ~(0x3 << 62)
+_V4_BITS = (0x4 << 76) | (0x2 << 62)
+
+
 def new_event_id() -> bytes:
-    """A random (version 4) UUID in its text form, as bytes."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
+    """A random (version 4) UUID in its text form, as bytes.
+
+    Uses the ``random`` module's generator (seeded from the OS, reseeded after fork):
+    event ids need uniqueness, not secrecy, and this is twice as fast as ``uuid4()``.
+    """
+    h = "%032x" % ((_random_bits(128) & _V4_MASK) | _V4_BITS)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
@@ -116,8 +122,7 @@ class HeaderBuilder:
         return ce_id, headers
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
     """The CloudEvents attributes of an inbound record."""
 
     id: str
@@ -129,43 +134,71 @@ class Envelope:
     tracestate: bytes | None
 
 
+# Header values seen before, decoded and checked: a topic carries few distinct types and
+# sources, so the inbound hot path mostly skips UTF-8 decoding and name validation.
+_checked_types: dict[bytes, str] = {}
+_decoded: dict[bytes, str] = {}
+_CACHE_LIMIT = 10_000
+
+
 def read_envelope(record: Record) -> Envelope:
     """Read and check the CloudEvents headers of a record; DecodeError if they are wrong."""
-    found: dict[str, bytes] = {}
-    for name, value in record.headers:
-        if value is None:
-            continue
-        found[name] = value
-    spec = found.get("ce_specversion")
-    if spec != SPECVERSION:
-        raise DecodeError(f"ce_specversion is {_show(spec)}, expected '1.0'")
+    found = dict(record.headers)  # the last value of a repeated header wins
+    if found.get("ce_specversion") != SPECVERSION:
+        raise DecodeError(f"ce_specversion is {_show(found.get('ce_specversion'))}, expected '1.0'")
     content_type = found.get("content-type")
     if content_type is not None and content_type not in ACCEPTED_CONTENT_TYPES:
         raise DecodeError(f"content-type {_show(content_type)} is not msgpack")
-    attrs: dict[str, str] = {}
-    for attr in ("ce_id", "ce_source", "ce_type"):
-        raw = found.get(attr)
-        if not raw:
-            raise DecodeError(f"header {attr} is missing or empty")
-        try:
-            attrs[attr] = raw.decode()
-        except UnicodeDecodeError:
-            raise DecodeError(f"header {attr} is not UTF-8") from None
-    try:
-        check_name(attrs["ce_type"])
-    except InvalidNameError as exc:
-        raise DecodeError(f"ce_type: {exc}") from None
+    raw_type = found.get("ce_type")
+    ce_type = _checked_types.get(raw_type) if isinstance(raw_type, bytes) else None
+    if ce_type is None:
+        ce_type = _check_type(raw_type)
+    ce_id = _text(found, "ce_id")
+    source = found.get("ce_source")
+    ce_source = _decoded.get(source) if isinstance(source, bytes) else None
+    if ce_source is None:
+        ce_source = _text(found, "ce_source")
+        if len(_decoded) < _CACHE_LIMIT:
+            _decoded[found["ce_source"]] = ce_source
     origin = found.get(ORIGIN)
     ce_time = found.get("ce_time")
     return Envelope(
-        id=attrs["ce_id"],
-        source=attrs["ce_source"],
-        type=attrs["ce_type"],
-        time=ce_time.decode(errors="replace") if ce_time else None,
-        origin=origin.decode(errors="replace") if origin else None,
-        traceparent=found.get("traceparent"),
-        tracestate=found.get("tracestate"),
+        ce_id,
+        ce_source,
+        ce_type,
+        ce_time.decode(errors="replace") if isinstance(ce_time, bytes) else None,
+        _decoded.get(origin) or _origin(origin) if isinstance(origin, bytes) else None,
+        found.get("traceparent"),
+        found.get("tracestate"),
     )
+
+
+def _text(found: dict[str, bytes], attr: str) -> str:
+    raw = found.get(attr)
+    if not raw or not isinstance(raw, bytes):
+        raise DecodeError(f"header {attr} is missing or empty")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise DecodeError(f"header {attr} is not UTF-8") from None
+
+
+def _check_type(raw: bytes | None) -> str:
+    ce_type = _text({"ce_type": raw} if raw is not None else {}, "ce_type")
+    try:
+        check_name(ce_type)
+    except InvalidNameError as exc:
+        raise DecodeError(f"ce_type: {exc}") from None
+    if raw is not None and len(_checked_types) < _CACHE_LIMIT:
+        _checked_types[raw] = ce_type
+    return ce_type
+
+
+def _origin(raw: bytes) -> str:
+    text = raw.decode(errors="replace")
+    if len(_decoded) < _CACHE_LIMIT:
+        _decoded[raw] = text
+    return text
 
 
 def _show(value: bytes | None) -> str:

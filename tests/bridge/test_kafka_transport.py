@@ -125,7 +125,7 @@ def test_close_reports_undelivered_records_as_failed():
     [(error, record)] = reports
     assert isinstance(error, TransportError)
     assert (record.topic, record.offset, record.key, record.value) == ("t", -1, b"k", b"v")
-    assert record.headers == (("h", b"1"),)
+    assert list(record.headers) == [("h", b"1")]
 
 
 def test_error_callback_raises_only_on_fatal_errors(caplog):
