@@ -427,7 +427,7 @@ class Bridge:
         # the same at-least-once point as storing each one, at a fraction of the cost.
         done: dict[tuple[str, int], Record] = {}
         for record in records:
-            if not self._handle(record):
+            if self._stopping.is_set() or not self._handle(record):
                 break  # stopping: this record and the rest are redelivered
             done[(record.topic, record.partition)] = record
         for record in done.values():
@@ -473,6 +473,8 @@ class Bridge:
                 ),
                 None,
             )
+            if len(self._in_cache) > 10_000:  # hostile streams of made-up types
+                self._in_cache.clear()
             self._in_cache[(record.topic, envelope.type)] = route
         if route is None:
             self.stats.unrouted += 1

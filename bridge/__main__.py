@@ -1,0 +1,5 @@
+"""``python -m bridge``: the same as the ``eventbus-bridge`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,528 @@
+"""The daemon's configuration: a TOML file, then environment variables, then ``--set``.
+
+``load_config()`` reads, merges and checks everything and returns a ``Config``; every
+mistake is a ``ConfigError`` whose message names the key (and where it came from), the
+type that was expected, and the closest valid key when a name is misspelt.
+
+Sources, lowest precedence first (docs/configuration.md is the reference):
+
+* the file: ``[bridge]``, ``[kafka]`` (librdkafka properties, passed through) and
+  ``[[route]]`` tables;
+* the environment: ``EVENTBUS_BRIDGE_<KEY>`` sets ``[bridge] <key>`` (lower-cased),
+  ``EVENTBUS_KAFKA_<KEY>`` sets the librdkafka property ``<key>`` lower-cased with every
+  ``_`` turned into ``.`` (``EVENTBUS_KAFKA_BOOTSTRAP_SERVERS`` is ``bootstrap.servers``);
+* ``--set section.key=value`` (``bridge.max_attempts=5``, ``kafka.bootstrap.servers=...``).
+
+Values from the environment and ``--set`` are text, converted to the key's type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._errors import ConfigError
+from ._routes import Route
+
+if TYPE_CHECKING:
+    from eventbus import EventBus
+
+    from ._bridge import Bridge
+    from ._transport import Transport
+
+BRIDGE_ENV_PREFIX = "EVENTBUS_BRIDGE_"
+KAFKA_ENV_PREFIX = "EVENTBUS_KAFKA_"
+MASK = "********"
+SECRET_KEYS = frozenset(
+    {
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",  # may embed a client secret
+        "ssl.key.pem",  # a private key
+    }
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+KafkaValue = str | int | float | bool
+
+
+def is_secret(key: str) -> bool:
+    """True for settings whose values must never be logged or printed."""
+    lowered = key.lower()
+    return lowered in SECRET_KEYS or "password" in lowered or "secret" in lowered
+
+
+def masked(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``settings`` with the values of secret keys replaced by a mask."""
+    return {k: MASK if is_secret(k) else v for k, v in settings.items()}
+
+
+# -- the [bridge] table ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One ``[bridge]`` key: its type (by name, for messages), default and converter."""
+
+    type_name: str
+    default: Any
+    parse_text: Callable[[str], Any]  # text from the environment or --set -> value
+    check: Callable[[Any], bool]  # is a file (TOML) value of the right type?
+    rule: Callable[[Any], str | None] = lambda _v: None  # extra constraint: error or None
+
+
+def _text_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _text_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("["):
+        value = json.loads(text)
+        if not isinstance(value, list):
+            raise ValueError(text)
+        return value
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else "must be one of " + ", ".join(map(repr, allowed))
+
+
+def _non_empty(v: Any) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def _names(v: Any) -> str | None:
+    return None if all(m.strip() for m in v) else "must not contain empty names"
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port, 0-65535 (0: any free port)"
+
+
+def _level(v: Any) -> str | None:
+    return None if v.upper() in LOG_LEVELS else "must be one of " + ", ".join(LOG_LEVELS)
+
+
+def _str(default: str | None, rule: Callable[[Any], str | None] = lambda _v: None) -> _Option:
+    return _Option("a string", default, str, lambda v: isinstance(v, str), rule)
+
+
+def _int(default: int | None, rule: Callable[[Any], str | None]) -> _Option:
+    return _Option("an integer", default, int, _is_int, rule)
+
+
+def _float(default: float, rule: Callable[[Any], str | None]) -> _Option:
+    return _Option("a number", default, float, _is_number, rule)
+
+
+BRIDGE_OPTIONS: dict[str, _Option] = {
+    "service": _str(None, _non_empty),
+    "modules": _Option("a list of strings", (), _text_list, _is_str_list, _names),
+    "group": _str(None, _non_empty),
+    "max_attempts": _int(3, _at_least(1)),
+    "backoff": _float(0.1, _at_least(0)),
+    "max_backoff": _float(5.0, _at_least(0)),
+    "dedup_window": _float(300.0, _at_least(0)),
+    "dedup_size": _int(100_000, _at_least(0)),
+    "unrouted": _str("skip", _choice("skip", "dlq")),
+    "create_topics": _Option("a boolean", True, _text_bool, lambda v: isinstance(v, bool)),
+    "partitions": _int(1, _at_least(1)),
+    "ready_timeout": _float(30.0, _at_least(0)),
+    "drain_timeout": _float(30.0, _at_least(0)),
+    "batch_size": _int(500, _at_least(1)),
+    "outbox": _str(None, _non_empty),
+    "outbox_max_events": _int(1_000_000, _at_least(1)),
+    "dedup_path": _str(None, _non_empty),
+    "log_level": _str("INFO", _level),
+    "metrics_port": _int(None, _port),
+    "metrics_host": _str("127.0.0.1", _non_empty),
+}
+"""Every ``[bridge]`` key. docs/configuration.md documents each (a test checks that)."""
+
+BRIDGE_CONSTRUCTOR_KEYS = (
+    "group",
+    "max_attempts",
+    "backoff",
+    "max_backoff",
+    "dedup_window",
+    "dedup_size",
+    "unrouted",
+    "create_topics",
+    "partitions",
+    "ready_timeout",
+    "drain_timeout",
+    "batch_size",
+    "outbox",
+    "outbox_max_events",
+    "dedup_path",
+)
+ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq")
+SECTIONS = ("bridge", "kafka", "route")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A checked configuration: the ``[bridge]`` options, librdkafka settings, routes.
+
+    Immutable. ``kafka`` holds the librdkafka properties as given (secrets included:
+    print ``masked(config.kafka)``, never ``config.kafka``).
+    """
+
+    service: str
+    modules: tuple[str, ...] = ()
+    group: str | None = None
+    max_attempts: int = 3
+    backoff: float = 0.1
+    max_backoff: float = 5.0
+    dedup_window: float = 300.0
+    dedup_size: int = 100_000
+    unrouted: Literal["skip", "dlq"] = "skip"
+    create_topics: bool = True
+    partitions: int = 1
+    ready_timeout: float = 30.0
+    drain_timeout: float = 30.0
+    batch_size: int = 500
+    outbox: str | None = None
+    outbox_max_events: int = 1_000_000
+    dedup_path: str | None = None
+    log_level: str = "INFO"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    kafka: Mapping[str, KafkaValue] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    source: str = "<defaults>"
+    """Where the file came from (its path), for messages."""
+
+    @property
+    def bootstrap(self) -> str:
+        """The ``bootstrap.servers`` setting, or "" when none is configured."""
+        return str(self.kafka.get("bootstrap.servers", ""))
+
+    def bridge_options(self) -> dict[str, Any]:
+        """The keyword arguments for ``Bridge`` (everything but bus, transport, routes)."""
+        options = {key: getattr(self, key) for key in BRIDGE_CONSTRUCTOR_KEYS}
+        options["service"] = self.service
+        return options
+
+    def make_transport(self) -> Transport:
+        """A ``KafkaTransport`` for the ``[kafka]`` settings; ConfigError without a broker."""
+        if not self.bootstrap:
+            raise ConfigError(
+                f'{self.source}: no broker configured: set [kafka] "bootstrap.servers", '
+                f"{KAFKA_ENV_PREFIX}BOOTSTRAP_SERVERS or --set kafka.bootstrap.servers=HOST:PORT"
+            )
+        from ._kafka import KafkaTransport
+
+        return KafkaTransport(dict(self.kafka))
+
+    def build_bridge(self, bus: EventBus, transport: Transport | None = None) -> Bridge:
+        """A (not yet started) ``Bridge`` for ``bus`` with this configuration's routes.
+
+        ``transport`` defaults to ``make_transport()``; pass a ``MemoryTransport`` in tests.
+        """
+        from ._bridge import Bridge
+
+        return Bridge(
+            bus,
+            transport=transport if transport is not None else self.make_transport(),
+            routes=self.routes,
+            **self.bridge_options(),
+        )
+
+    def describe(self) -> list[str]:
+        """Human-readable lines summing up the configuration, secrets masked."""
+        lines = [f"service {self.service!r} (group {self.group or self.service!r})"]
+        lines.append("modules: " + (", ".join(self.modules) or "(none)"))
+        for key, value in sorted(masked(self.kafka).items()):
+            lines.append(f"kafka {key} = {value}")
+        for route in self.routes:
+            lines.append(describe_route(route))
+        return lines
+
+
+def describe_route(route: Route) -> str:
+    """One line for a route: ``in  user.* <- users (dlq users.dlq)``."""
+    arrow = {"out": "->", "in": "<-", "both": "<->"}[route.direction]
+    text = f"route {route.direction:<4} {', '.join(route.signals)} {arrow} {route.topic}"
+    if route.key:
+        text += f" (key {route.key})"
+    if route.is_inbound:
+        text += f" (dead letters to {route.dead_letter_topic})"
+    return text
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
+    require_service: bool = True,
+) -> Config:
+    """Read the TOML file at ``path`` (None: no file), apply ``env`` and ``overrides``.
+
+    ``env`` defaults to ``os.environ``; ``overrides`` are ``section.key=value`` strings
+    (the CLI's ``--set``). Raises ``ConfigError`` naming the offending key for a file
+    that cannot be read or parsed, an unknown section or key, a value of the wrong
+    type, a bad route, or a missing ``service`` (unless ``require_service`` is false:
+    the CLI's ``tail`` and ``emit`` need only the ``[kafka]`` settings).
+    """
+    source = "<no file>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        source = os.fspath(path)
+        try:
+            with Path(path).open("rb") as file:
+                data = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such file") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read it: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_config(
+        data,
+        source=source,
+        env=os.environ if env is None else env,
+        overrides=overrides,
+        require_service=require_service,
+    )
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
+    require_service: bool = True,
+) -> Config:
+    """Like ``load_config`` for an already parsed TOML document (a dict)."""
+    for section in data:
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{section}]{_did_you_mean(section, SECTIONS)}"
+            )
+    bridge_table = _table(data, "bridge", source)
+    kafka_table = _table(data, "kafka", source)
+    routes_data = data.get("route", [])
+    if isinstance(routes_data, dict):
+        raise ConfigError(f"{source}: routes are an array of tables: write [[route]], not [route]")
+    if not isinstance(routes_data, list):
+        raise ConfigError(f"{source}: route must be an array of tables ([[route]])")
+
+    # Each value remembers where it came from, for error messages.
+    bridge: dict[str, tuple[Any, str]] = {}
+    for key, value in bridge_table.items():
+        where = f"{source}: [bridge] {key}"
+        _check_bridge_key(key, where)
+        bridge[key] = (value, where)
+    kafka: dict[str, tuple[Any, str]] = {
+        key: (value, f"{source}: [kafka] {key!r}") for key, value in _flatten(kafka_table, "")
+    }
+
+    for name, text in sorted((env if env is not None else {}).items()):
+        if name.startswith(BRIDGE_ENV_PREFIX):
+            key = name[len(BRIDGE_ENV_PREFIX) :].lower()
+            where = f"environment variable {name}"
+            if key not in BRIDGE_OPTIONS:
+                names = [BRIDGE_ENV_PREFIX + k.upper() for k in BRIDGE_OPTIONS]
+                raise ConfigError(f"{where}: no such [bridge] key{_did_you_mean(name, names)}")
+            bridge[key] = (_from_text(key, text, where), where)
+        elif name.startswith(KAFKA_ENV_PREFIX):
+            key = name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")
+            if not key:
+                raise ConfigError(f"environment variable {name}: names no librdkafka property")
+            kafka[key] = (text, f"environment variable {name}")
+
+    for override in overrides:
+        section, key, text = _split_override(override)
+        where = f"--set {override.split('=', 1)[0]}"
+        if section == "bridge":
+            _check_bridge_key(key, where)
+            bridge[key] = (_from_text(key, text, where), where)
+        else:
+            kafka[key] = (text, where)
+
+    options: dict[str, Any] = {}
+    for key, (value, where) in bridge.items():
+        options[key] = _checked_option(key, value, where)
+    if "service" not in options:
+        if require_service:
+            raise ConfigError(
+                f"{source}: [bridge] service is required: the name of this service "
+                f"(CloudEvents source and consumer group); or set {BRIDGE_ENV_PREFIX}SERVICE"
+            )
+        options["service"] = "eventbus-bridge-cli"
+    if "modules" in options:
+        options["modules"] = tuple(options["modules"])
+    if "log_level" in options:
+        options["log_level"] = options["log_level"].upper()
+
+    settings: dict[str, KafkaValue] = {}
+    for key, (value, where) in kafka.items():
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigError(
+                f"{where}: expected a string, number or boolean, got {_type_name(value)}"
+                + (
+                    " (librdkafka lists are comma-separated strings)"
+                    if isinstance(value, list)
+                    else ""
+                )
+            )
+        settings[key] = value
+
+    routes = tuple(_route(i, r, source) for i, r in enumerate(routes_data, 1))
+    return Config(**options, kafka=settings, routes=routes, source=source)
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {name} must be a table ([{name}]), not {_type_name(table)}")
+    return table
+
+
+def _flatten(table: Mapping[str, Any], prefix: str) -> Iterable[tuple[str, Any]]:
+    # TOML reads `bootstrap.servers = "..."` (unquoted) as nested tables; librdkafka
+    # wants the dotted name, so both spellings mean the same property.
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _check_bridge_key(key: str, where: str) -> None:
+    if key not in BRIDGE_OPTIONS:
+        raise ConfigError(
+            f"{where}: unknown [bridge] key {key!r}{_did_you_mean(key, BRIDGE_OPTIONS)}"
+        )
+
+
+def _split_override(override: str) -> tuple[str, str, str]:
+    name, sep, text = override.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ConfigError(
+            f"--set {override!r}: expected section.key=value, e.g. bridge.max_attempts=5 "
+            "or kafka.bootstrap.servers=127.0.0.1:9092"
+        )
+    if section == "route":
+        raise ConfigError(f"--set {override!r}: routes can only be set in the file ([[route]])")
+    if section not in ("bridge", "kafka"):
+        raise ConfigError(
+            f"--set {override!r}: unknown section {section!r}"
+            + _did_you_mean(section, ("bridge", "kafka"))
+        )
+    return section, key, text
+
+
+def _from_text(key: str, text: str, where: str) -> Any:
+    option = BRIDGE_OPTIONS[key]
+    try:
+        return option.parse_text(text)
+    except ValueError:
+        raise ConfigError(f"{where}: {key} expects {option.type_name}, got {text!r}") from None
+
+
+def _checked_option(key: str, value: Any, where: str) -> Any:
+    option = BRIDGE_OPTIONS[key]
+    if not option.check(value):
+        raise ConfigError(
+            f"{where}: expected {option.type_name}, got {_type_name(value)} ({value!r})"
+        )
+    if option.type_name == "a number":
+        value = float(value)
+    problem = option.rule(value)
+    if problem:
+        raise ConfigError(f"{where}: {problem}, got {value!r}")
+    return value
+
+
+def _route(number: int, data: Any, source: str) -> Route:
+    where = f"{source}: route #{number}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a table, not {_type_name(data)}")
+    if isinstance(data.get("topic"), str):
+        where += f" (topic {data['topic']!r})"
+    for key in data:
+        if key not in ROUTE_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key, ROUTE_KEYS)}")
+    for required in ("signals", "topic", "direction"):
+        if required not in data:
+            hint = {
+                "signals": 'the signal names or patterns, e.g. signals = ["user.*"]',
+                "topic": "the Kafka topic",
+                "direction": "'in', 'out' or 'both'",
+            }[required]
+            raise ConfigError(f"{where}: {required} is required: {hint}")
+    signals = data["signals"]
+    if not (isinstance(signals, str) or _is_str_list(signals)):
+        raise ConfigError(
+            f"{where}: signals expects a string or a list of strings, got {_type_name(signals)}"
+        )
+    for key in ("topic", "direction", "key", "dlq"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(
+                f"{where}: {key} expects a string, got {_type_name(data[key])} ({data[key]!r})"
+            )
+    try:
+        return Route(
+            (signals,) if isinstance(signals, str) else tuple(signals),
+            data["topic"],
+            data["direction"],
+            key=data.get("key"),
+            dlq=data.get("dlq"),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _did_you_mean(name: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(value: Any) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,144 @@
+"""Prometheus metrics and a health check for the daemon (``/metrics``, ``/healthz``).
+
+A custom collector reads ``Bridge.stats`` when Prometheus scrapes, so the hot path pays
+nothing. prometheus-client is optional (``pip install eventbus-bridge[metrics]``); it is
+imported only when a metrics port is configured.
+
+Consumer lag is not exported: the transport seam has no cheap way to read partition end
+offsets. Use the broker's own tooling (kafka-consumer-groups, a Kafka exporter) for lag.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ._bridge import Bridge
+from ._errors import ConfigError
+
+INSTALL_HINT = "pip install eventbus-bridge[metrics]"
+
+# (metric name without _total, Stats field, help)
+COUNTERS = (
+    ("eventbus_bridge_events_out", "delivered", "Events published and acknowledged by Kafka."),
+    (
+        "eventbus_bridge_events_out_failed",
+        "delivery_failed",
+        "Events that could not be delivered to Kafka.",
+    ),
+    ("eventbus_bridge_events_in", "received", "Records received from inbound topics."),
+    ("eventbus_bridge_events_handled", "handled", "Inbound events whose handlers all finished."),
+    ("eventbus_bridge_retries", "retried", "Retries of failed handlers of inbound events."),
+    (
+        "eventbus_bridge_dead_lettered",
+        "dead_lettered",
+        "Records sent to a dead-letter topic (failed handlers, undecodable, unrouted).",
+    ),
+    ("eventbus_bridge_duplicates", "duplicates", "Inbound events dropped as duplicates."),
+    ("eventbus_bridge_echoes", "echoes", "Inbound records skipped as this bridge's own."),
+    ("eventbus_bridge_unrouted", "unrouted", "Inbound records of a type no route names."),
+)
+
+
+def require_prometheus() -> Any:
+    """Return the prometheus_client module; ConfigError saying what to install if missing."""
+    try:
+        import prometheus_client
+        import prometheus_client.core
+    except ImportError:
+        raise ConfigError(f"metrics need prometheus-client: {INSTALL_HINT}") from None
+    return prometheus_client
+
+
+class BridgeCollector:
+    """Exposes one bridge's ``Stats`` as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self._core = require_prometheus().core
+
+    def collect(self) -> Iterator[Any]:
+        core = self._core
+        bridge = self.bridge
+        stats = bridge.stats
+        labels = ["service"]
+        for name, field, text in COUNTERS:
+            family = core.CounterMetricFamily(name, text, labels=labels)
+            family.add_metric([bridge.service], getattr(stats, field))
+            yield family
+        latency = core.GaugeMetricFamily(
+            "eventbus_bridge_delivery_latency_seconds",
+            "Produce-to-acknowledgement time of the last delivered event.",
+            labels=labels,
+        )
+        latency.add_metric([bridge.service], stats.last_delivery_latency)
+        yield latency
+        healthy = core.GaugeMetricFamily(
+            "eventbus_bridge_healthy", "1 while the bridge runs and is healthy.", labels=labels
+        )
+        healthy.add_metric([bridge.service], 1.0 if bridge.healthy else 0.0)
+        yield healthy
+
+
+class MetricsServer:
+    """An HTTP server on its own thread: ``/metrics`` and ``/healthz``.
+
+    ``/healthz`` answers 200 while ``bridge.healthy`` (started, ready, not failed) and 503
+    otherwise (starting, draining, failed). ``close()`` stops it; idempotent.
+    """
+
+    def __init__(self, bridge: Bridge, host: str, port: int) -> None:
+        prometheus = require_prometheus()
+        registry = prometheus.CollectorRegistry()
+        registry.register(BridgeCollector(bridge))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(
+                        200, prometheus.generate_latest(registry), prometheus.CONTENT_TYPE_LATEST
+                    )
+                elif path == "/healthz":
+                    ok = bridge.healthy
+                    self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+                else:
+                    self._reply(404, b"not found: try /metrics or /healthz\n")
+
+            def _reply(self, status: int, body: bytes, kind: str = "text/plain") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes every few seconds would drown the log
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="bridge-metrics", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def serve_metrics(bridge: Bridge, host: str, port: int) -> MetricsServer:
+    """Serve ``bridge``'s metrics on ``host:port`` (0: a free port, see ``.port``).
+
+    ConfigError when prometheus-client is missing or the port cannot be bound.
+    """
+    try:
+        return MetricsServer(bridge, host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None

@@ -1,0 +1,500 @@
+"""``eventbus-bridge`` (also ``python -m bridge``): run, check, tail and emit.
+
+``main(argv)`` parses the command line and returns the exit status; it never raises for
+a user's mistake: every failure is one line on stderr, ``eventbus-bridge: error: ...``.
+
+Exit statuses: 0 success; 1 a failure at run time (an event not delivered, a problem
+found by ``check``, the bridge failing while running); 2 a bad command line,
+configuration or handler module; 3 the broker could not be reached in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from importlib import metadata
+from types import FrameType
+from typing import Any
+from uuid import UUID
+
+from ._config import Config, describe_route, load_config
+from ._daemon import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    DaemonError,
+    configure_logging,
+    connect,
+    import_modules,
+)
+from ._errors import BridgeError, ConfigError, TransportError
+
+PROG = "eventbus-bridge"
+DEFAULT_TIMEOUT = 10.0
+
+MAIN_EPILOG = """\
+examples:
+  eventbus-bridge run -c message-service.toml
+  eventbus-bridge run --help
+  eventbus-bridge check -c message-service.toml
+  eventbus-bridge tail users -b 127.0.0.1:9092 --from-beginning
+  eventbus-bridge emit user.registered user_id=42 email=a@example.com --topic users
+
+exit status: 0 ok, 1 failed at run time, 2 bad command line or configuration,
+3 the broker could not be reached in time. See docs/operations.md.
+"""
+
+RUN_EPILOG = """\
+Imports the [bridge] modules (they register handlers on eventbus.default_bus), starts
+the bridge, and serves until SIGTERM or SIGINT. Then it drains: the running handler
+finishes, offsets are committed, the producer is flushed; exit status 0. A second
+signal exits at once without draining (status 128+signal).
+
+examples:
+  eventbus-bridge run -c message-service.toml
+  eventbus-bridge run -c message-service.toml --metrics-port 9464 --log-level DEBUG
+  EVENTBUS_KAFKA_BOOTSTRAP_SERVERS=kafka:9092 eventbus-bridge run -c message-service.toml
+  eventbus-bridge run -c svc.toml --set bridge.max_attempts=5 --set kafka.client.id=svc-1
+"""
+
+CHECK_EPILOG = """\
+Validates the file (with the environment and --set applied), imports the handler
+modules, reaches the broker and lists each route with whether its topics exist.
+Secrets are masked. Exit status 0 when all is well, 1 when a topic is missing and
+create_topics is false, 2 for a bad file or module, 3 when the broker is unreachable.
+
+examples:
+  eventbus-bridge check -c message-service.toml
+  eventbus-bridge check -c message-service.toml --timeout 3
+"""
+
+TAIL_EPILOG = """\
+Reads the topic with a throwaway consumer group (nothing is committed) and prints one
+line per record: time, topic/partition@offset, type, source, key, payload. Records
+that cannot be decoded are shown as UNDECODABLE with the reason. Stops on Ctrl-C.
+With --json, one JSON object per line (datetime, UUID and Decimal as text, bytes as
+base64; undecodable records have an "error" field).
+
+examples:
+  eventbus-bridge tail users -b 127.0.0.1:9092
+  eventbus-bridge tail users -c user-service.toml --from-beginning --json
+  EVENTBUS_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 eventbus-bridge tail users -n 10
+"""
+
+EMIT_EPILOG = """\
+Publishes one event exactly as a bridge would (msgpack value, CloudEvents headers),
+through a bridge with a single outbound route. Each FIELD=VALUE is a payload field;
+the value is parsed as JSON where it parses (42, true, null, [1,2], {"a":1},
+"quoted text"), else taken as text. Exit status 0 once the broker acknowledged it.
+
+examples:
+  eventbus-bridge emit user.registered user_id=42 email=a@example.com --topic users
+  eventbus-bridge emit user.registered user_id=42 --topic users --key user_id -b 127.0.0.1:9092
+  eventbus-bridge emit order.placed order='{"id": 7, "lines": []}' --topic orders --create
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.command(args)
+    except DaemonError as exc:
+        return _fail(str(exc), exc.status)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except TransportError as exc:
+        return _fail(str(exc), EXIT_UNAVAILABLE)
+    except BridgeError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``eventbus-bridge`` and its four commands."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run and inspect the eventbus Kafka bridge.",
+        epilog=MAIN_EPILOG,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting, e.g. bridge.max_attempts=5 or "
+        "kafka.bootstrap.servers=HOST:PORT (repeatable; beats the file and the environment)",
+    )
+    common.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="log level (run: default from the file, else INFO; other commands: ERROR)",
+    )
+    kafka = argparse.ArgumentParser(add_help=False)
+    kafka.add_argument(
+        "-c", "--config", metavar="FILE", help="take the [kafka] settings from this file"
+    )
+    kafka.add_argument(
+        "-b",
+        "--bootstrap-servers",
+        metavar="HOSTS",
+        help="the broker(s), same as --set kafka.bootstrap.servers=HOSTS",
+    )
+    kafka.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the broker (default {DEFAULT_TIMEOUT:g})",
+    )
+
+    def command(name: str, help: str, epilog: str, parents: list[Any]) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=epilog,
+            formatter_class=formatter,
+            parents=parents,
+        )
+
+    run = command("run", "host a service's handlers, bridged to Kafka", RUN_EPILOG, [common])
+    run.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="the service's TOML file"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics and /healthz on this port (0: any free port); "
+        "same as --set bridge.metrics_port=PORT",
+    )
+    run.set_defaults(command=cmd_run)
+
+    check = command(
+        "check", "validate a configuration and reach its broker", CHECK_EPILOG, [common]
+    )
+    check.add_argument("-c", "--config", required=True, metavar="FILE", help="the TOML file")
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the broker (default {DEFAULT_TIMEOUT:g})",
+    )
+    check.set_defaults(command=cmd_check)
+
+    tail = command("tail", "print the events arriving on a topic", TAIL_EPILOG, [common, kafka])
+    tail.add_argument("topic", metavar="TOPIC")
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest record, not the end"
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("-n", "--count", type=int, metavar="N", help="exit after printing N records")
+    tail.set_defaults(command=cmd_tail)
+
+    emit = command("emit", "publish one event, as the bridge would", EMIT_EPILOG, [common, kafka])
+    emit.add_argument("signal", metavar="SIGNAL", help="the signal name (the event's type)")
+    emit.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="the payload")
+    emit.add_argument("--topic", required=True, help="the topic to publish to")
+    emit.add_argument("--key", metavar="FIELD", help="the payload field that is the record key")
+    emit.add_argument(
+        "--source",
+        help="the CloudEvents source (default: [bridge] service, else eventbus-bridge-cli)",
+    )
+    emit.add_argument("--create", action="store_true", help="create the topic if it is missing")
+    emit.set_defaults(command=cmd_emit)
+    return parser
+
+
+# -- run and check ------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``run``: see RUN_EPILOG."""
+    from ._daemon import run
+
+    overrides = list(args.overrides)
+    if args.metrics_port is not None:
+        overrides.append(f"bridge.metrics_port={args.metrics_port}")
+    if args.log_level:
+        overrides.append(f"bridge.log_level={args.log_level}")
+    config = load_config(args.config, overrides=overrides)
+    configure_logging(config.log_level)
+    return run(config)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``check``: see CHECK_EPILOG."""
+    configure_logging(args.log_level or "ERROR")
+    config = load_config(args.config, overrides=args.overrides)
+    out = sys.stdout
+    print(f"{config.source}: valid", file=out)
+    for line in config.describe():
+        if not line.startswith("route "):
+            print(f"  {line}", file=out)
+    import_modules(config.modules)
+    if config.modules:
+        print(f"  modules imported: {', '.join(config.modules)}", file=out)
+    if not config.routes and not config.bootstrap:
+        print("no routes and no broker: local signals only (a monolith)", file=out)
+        print("ok", file=out)
+        return EXIT_OK
+    config = _with_timeout(config, args.timeout)
+    transport = connect(config)
+    try:
+        topics = transport.list_topics(timeout=args.timeout)
+    finally:
+        transport.close()
+    print(f"broker {config.bootstrap}: reachable, {len(topics)} topic(s)", file=out)
+    problems = 0
+    for route in config.routes:
+        print(describe_route(route), file=out)
+        names = [route.topic] + ([route.dead_letter_topic] if route.is_inbound else [])
+        for name in names:
+            if name in topics:
+                state = f"exists ({topics[name]} partition(s))"
+            elif config.create_topics:
+                state = "missing: created at start (create_topics = true)"
+            else:
+                state = "MISSING, and create_topics = false: create it first"
+                problems += 1
+            print(f"  topic {name}: {state}", file=out)
+    if not config.routes:
+        print("no routes: nothing is bridged", file=out)
+    if problems:
+        return _fail(f"{problems} problem(s) found in {config.source}", EXIT_FAILED)
+    print("ok", file=out)
+    return EXIT_OK
+
+
+# -- tail ---------------------------------------------------------------------------------
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """``tail``: see TAIL_EPILOG."""
+    from ._codec import MsgpackCodec
+
+    configure_logging(args.log_level or "ERROR")
+    config = _kafka_config(args)
+    transport = connect(config)
+    stop = _stop_on_signals()
+    try:
+        topics = transport.list_topics(timeout=args.timeout)
+        if args.topic not in topics:
+            return _fail(f"topic {args.topic!r} does not exist on {config.bootstrap}", EXIT_FAILED)
+        consumer = transport.consumer(
+            f"eventbus-bridge-tail-{uuid.uuid4().hex}",
+            [args.topic],
+            from_beginning=args.from_beginning,
+        )
+        codec = MsgpackCodec()
+        printed = 0
+        announced = False
+        deadline = time.monotonic() + args.timeout
+        try:
+            while not stop.is_set() and (args.count is None or printed < args.count):
+                record = consumer.poll(0.2)
+                if not announced and consumer.is_ready():
+                    announced = True
+                    start = "the beginning" if args.from_beginning else "now"
+                    print(f"tailing {args.topic} from {start} (Ctrl-C to stop)", file=sys.stderr)
+                elif not announced and time.monotonic() > deadline:
+                    return _fail(
+                        f"no partitions of {args.topic!r} assigned within {args.timeout:g} s",
+                        EXIT_UNAVAILABLE,
+                    )
+                if record is not None:
+                    print(format_record(record, codec, as_json=args.json), flush=True)
+                    printed += 1
+        finally:
+            consumer.close()
+    finally:
+        transport.close()
+    return EXIT_OK
+
+
+def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
+    """One line for a record: decoded, or marked undecodable with the reason. Never raises."""
+    from ._envelope import read_envelope
+
+    key = record.key.decode(errors="replace") if record.key is not None else None
+    where = f"{record.topic}/{record.partition}@{record.offset}"
+    try:
+        envelope = read_envelope(record)
+        payload = codec.decode(record.value if record.value is not None else b"")
+    except ValueError as exc:  # DecodeError of the envelope or the codec
+        size = len(record.value or b"")
+        if as_json:
+            return json.dumps(
+                {
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "key": key,
+                    "error": str(exc),
+                    "size": size,
+                }
+            )
+        return f"-  {where}  UNDECODABLE ({exc})  key={key or '-'}  {size} byte(s)"
+    if as_json:
+        return json.dumps(
+            {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "time": envelope.time,
+                "type": envelope.type,
+                "source": envelope.source,
+                "id": envelope.id,
+                "key": key,
+                "payload": payload,
+            },
+            default=_jsonable,
+            ensure_ascii=False,
+        )
+    text = json.dumps(payload, default=_jsonable, ensure_ascii=False)
+    return (
+        f"{envelope.time or '-'}  {where}  {envelope.type}  source={envelope.source}  "
+        f"key={key or '-'}  {text}"
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- emit ---------------------------------------------------------------------------------
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    """``emit``: see EMIT_EPILOG. One code path with the bridge: a Bridge with one route."""
+    from eventbus import EmitError, EventBus
+
+    from ._bridge import Bridge
+    from ._routes import Route
+
+    configure_logging(args.log_level or "ERROR")
+    payload = parse_fields(args.fields)
+    if args.key is not None and args.key not in payload:
+        raise ConfigError(f"--key {args.key}: the payload has no field {args.key!r}")
+    config = _kafka_config(args)
+    route = Route.outbound(args.signal, topic=args.topic, key=args.key)
+    transport = connect(config)
+    try:
+        if not args.create and args.topic not in transport.list_topics(timeout=args.timeout):
+            return _fail(
+                f"topic {args.topic!r} does not exist on {config.bootstrap} (--create creates it)",
+                EXIT_FAILED,
+            )
+        bus = EventBus()
+        failures: list[BaseException] = []
+        bridge = Bridge(
+            bus,
+            transport=transport,
+            service=args.source or config.service,
+            routes=[route],
+            create_topics=args.create,
+            ready_timeout=args.timeout,
+            drain_timeout=args.timeout,
+            on_delivery_failure=failures.append,
+        )
+        with bridge:
+            try:
+                bus.emit(args.signal, **payload)
+            except EmitError as exc:
+                failures.extend(f.exception for f in exc.failures)
+        if failures or bridge.stats.delivered != 1:
+            reason = failures[0] if failures else "no delivery report from the broker"
+            return _fail(f"{args.signal} not delivered to {args.topic}: {reason}", EXIT_FAILED)
+    finally:
+        transport.close()
+    print(f"delivered {args.signal} to {args.topic}", file=sys.stderr)
+    return EXIT_OK
+
+
+def parse_fields(fields: Sequence[str]) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``: JSON where it parses, else text."""
+    payload: dict[str, Any] = {}
+    for field in fields:
+        name, sep, text = field.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"payload field {field!r}: expected FIELD=VALUE")
+        if name in payload:
+            raise ConfigError(f"payload field {name!r} given twice")
+        if name == "sender":
+            raise ConfigError("a payload field cannot be called 'sender' (blinker's sender)")
+        try:
+            payload[name] = json.loads(text)
+        except ValueError:
+            payload[name] = text
+    return payload
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _kafka_config(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if args.bootstrap_servers:
+        overrides.insert(0, f"kafka.bootstrap.servers={args.bootstrap_servers}")
+    config = load_config(args.config, overrides=overrides, require_service=False)
+    return _with_timeout(config, args.timeout)
+
+
+def _with_timeout(config: Config, timeout: float) -> Config:
+    from dataclasses import replace
+
+    return replace(config, ready_timeout=timeout)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (this is the CLI: it may install handlers)."""
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _version() -> str:
+    try:
+        return metadata.version("eventbus-bridge")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+__all__ = ["build_parser", "format_record", "main", "parse_fields"]
