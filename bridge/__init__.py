@@ -7,6 +7,7 @@ wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 
 from ._bridge import Bridge, DeliveryFailureCallback, Remote, Stats
 from ._codec import MsgpackCodec
+from ._config import Config, load_config
 from ._envelope import current_trace, trace_context
 from ._errors import (
     BridgeError,
@@ -26,6 +27,7 @@ from ._transport import Consumer, Producer, Record, Transport
 __all__ = [
     "Bridge",
     "BridgeError",
+    "Config",
     "ConfigError",
     "Consumer",
     "DecodeError",
@@ -45,5 +47,6 @@ __all__ = [
     "Transport",
     "TransportError",
     "current_trace",
+    "load_config",
     "trace_context",
 ]

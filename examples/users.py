@@ -30,7 +30,7 @@ def register(name: str, email: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Host the service as the configuration says, register the given users, stop."""
-    from bridge._config import load_config
+    from bridge import load_config
     from bridge._daemon import DaemonError, configure_logging, hosted
 
     parser = argparse.ArgumentParser(prog="python -m examples.users", description=__doc__)

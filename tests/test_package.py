@@ -37,3 +37,12 @@ def test_pytest_plugin_fixtures(bus: eventbus.EventBus, bus_events: list[eventbu
     eventbus.default_bus.emit("plugin.check", n=1)
     bus.emit("plugin.other")  # another bus: not recorded
     assert [(e.name, dict(e.payload)) for e in bus_events] == [("plugin.check", {"n": 1})]
+
+
+def test_bridge_all_matches_public_members() -> None:
+    import bridge
+
+    public = {n for n in dir(bridge) if n.isidentifier() and not n.startswith("_")}
+    modules = {"cli"}  # the console script's module, imported by attribute access
+    assert set(bridge.__all__) == public - modules
+    assert bridge.__all__ == sorted(bridge.__all__)
