@@ -381,8 +381,16 @@ class _KafkaConsumer(Consumer):
 
     def consume(self, max_records: int, timeout: float) -> list[Record]:
         # One call for many records: the per-call cost of poll() is paid once per batch.
+        # librdkafka's consume() waits for the whole batch until its timeout, so it only
+        # takes what is already here; when nothing is, poll() waits for the first record.
         try:
-            messages = self._consumer.consume(max_records, timeout)
+            messages = self._consumer.consume(max_records, 0)
+            if not messages:
+                first = self._consumer.poll(timeout)
+                if first is None:
+                    return []
+                rest = self._consumer.consume(max_records - 1, 0) if max_records > 1 else []
+                messages = [first, *rest]
         except KafkaException as exc:
             raise _translate(exc, "consumer poll failed") from exc
         except RuntimeError as exc:  # the consumer was closed
