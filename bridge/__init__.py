@@ -8,6 +8,7 @@ wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 from ._bridge import Bridge, DeliveryFailureCallback, Remote, Stats
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
+from ._dedup import SqliteDedup
 from ._envelope import current_trace, trace_context
 from ._errors import (
     BridgeError,
@@ -21,6 +22,7 @@ from ._errors import (
 )
 from ._kafka import KafkaTransport
 from ._memory import MemoryTransport
+from ._outbox import Outbox
 from ._routes import Route
 from ._transport import Consumer, Producer, Record, Transport
 
@@ -38,11 +40,13 @@ __all__ = [
     "MemoryTransport",
     "MsgpackCodec",
     "NotReadyError",
+    "Outbox",
     "Producer",
     "QueueFullError",
     "Record",
     "Remote",
     "Route",
+    "SqliteDedup",
     "Stats",
     "Transport",
     "TransportError",

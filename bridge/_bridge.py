@@ -242,8 +242,13 @@ class Bridge:
 
     @property
     def healthy(self) -> bool:
-        """True while started, ready and neither the consumer nor the producer failed."""
-        return self._state == "running" and self._ready.is_set() and not self._consumer_error
+        """True while started and ready, and neither the consumer nor the outbox relay died."""
+        return (
+            self._state == "running"
+            and self._ready.is_set()
+            and not self._consumer_error
+            and (self._outbox is None or self._outbox.alive)
+        )
 
     def start(self) -> None:
         """Connect, create missing topics, join the group; return when ready.

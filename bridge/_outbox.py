@@ -253,6 +253,11 @@ class Outbox:
         )
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """True while the relay thread runs (from ``start`` until ``stop`` or a crash)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float) -> None:
         """Stop the relay after trying for up to ``timeout`` seconds to deliver everything
         stored; close the database. Undelivered records stay for the next ``start``.
