@@ -213,6 +213,7 @@ class Bridge:
         self._in_routes = tuple(r for r in self.routes if r.is_inbound)
         self._out_cache: dict[tuple[str, str], tuple[Route, ...]] = {}
         self._in_cache: dict[tuple[str, str], Route | None] = {}
+        self._dead_letters: list[_DeadLetter] = []  # produced, not yet confirmed
         self._patterns = tuple(dict.fromkeys(s for r in self._out_routes for s in r.signals))
         self._handlers: list[Callable[[Event], None]] = []
         self._producer: Producer | None = None
@@ -435,8 +436,10 @@ class Bridge:
             if self._stopping.is_set() or not self._handle(record):
                 break  # stopping: this record and the rest are redelivered
             done[(record.topic, record.partition)] = record
-        for record in done.values():
-            consumer.store(record)
+        unconfirmed = self._confirm_dead_letters()
+        for partition, record in done.items():
+            if partition not in unconfirmed:
+                consumer.store(record)
 
     def handle(self, record: Record) -> bool:
         """Process one inbound record to the end and store its offset; True if stored.
@@ -445,7 +448,7 @@ class Bridge:
         raises for bad input: a record is handled, skipped, or dead-lettered. Returns False
         only when the bridge is stopping before the record was done (it is redelivered).
         """
-        done = self._handle(record)
+        done = self._handle(record) and not self._confirm_dead_letters()
         if done and self._consumer is not None:
             self._consumer.store(record)
         return done
@@ -555,9 +558,11 @@ class Bridge:
         failure: HandlerFailure | None,
         attempts: int,
     ) -> bool:
-        """Produce ``record`` with the reason to the dead-letter topic; wait for delivery.
+        """Produce ``record`` with the reason to the dead-letter topic, without waiting.
 
-        Retries until delivered or the bridge stops (then False: not stored, redelivered).
+        The delivery is confirmed before the record's offset is stored
+        (``_confirm_dead_letters``), so a flood of bad records costs one flush per batch,
+        not one per record.
         """
         if route is None:
             route = next((r for r in self._in_routes if r.topic == record.topic), None)
@@ -577,33 +582,80 @@ class Bridge:
         log.warning(
             "bridge %s: dead-lettering %s to %s: %s", self.service, _where(record), topic, reason
         )
+        letter = _DeadLetter(record, topic, headers)
+        self._send_dead_letter(letter)
+        self._dead_letters.append(letter)
+        return True
+
+    def _send_dead_letter(self, letter: _DeadLetter) -> None:
         producer = self._producer
         assert producer is not None
+        letter.reset()
+        try:
+            producer.produce(
+                letter.topic,
+                letter.record.value or b"",
+                letter.record.key,
+                letter.headers,
+                letter.report,
+            )
+        except TransportError as exc:
+            letter.report(exc, letter.record)
+
+    def _confirm_dead_letters(self) -> set[tuple[str, int]]:
+        """Wait until the dead letters produced so far are delivered, resending failed ones.
+
+        Returns the partitions whose dead letters could not be confirmed because the bridge
+        is stopping: their offsets must not be stored (the records come again).
+        """
+        letters, self._dead_letters = self._dead_letters, []
+        producer = self._producer
         delay = self.backoff or 0.1
-        outcome: list[Exception | None] = []
-
-        def report(error: Exception | None, _record: Record) -> None:
-            outcome.append(error)
-
-        while True:
-            outcome.clear()
-            try:
-                producer.produce(topic, record.value or b"", record.key, headers, report)
-                producer.flush(self.drain_timeout)
-            except TransportError as exc:
-                outcome.append(exc)
-            if outcome and outcome[0] is None:
-                self.stats.dead_lettered += 1
-                return True
+        while letters and producer is not None:
+            producer.flush(self.drain_timeout)
+            failed = [letter for letter in letters if not letter.wait(self.drain_timeout)]
+            self.stats.dead_lettered += len(letters) - len(failed)
+            if not failed:
+                break
             log.error(
-                "bridge %s: dead-letter to %s failed (%s); retrying",
+                "bridge %s: %d dead letter(s) not delivered (%s); retrying",
                 self.service,
-                topic,
-                outcome[0] if outcome else "no delivery report",
+                len(failed),
+                failed[0].error or "no delivery report",
             )
             if self._stopping.wait(delay):
-                return False
+                return {(f.record.topic, f.record.partition) for f in failed}
             delay = min(delay * 2, self.max_backoff)
+            for letter in failed:
+                self._send_dead_letter(letter)
+            letters = failed
+        return set()
+
+
+class _DeadLetter:
+    """A record on its way to a dead-letter topic, and the outcome of its delivery."""
+
+    __slots__ = ("delivered", "error", "headers", "record", "topic")
+
+    def __init__(self, record: Record, topic: str, headers: list[tuple[str, bytes]]) -> None:
+        self.record = record
+        self.topic = topic
+        self.headers = headers
+        self.delivered = threading.Event()
+        self.error: Exception | None = None
+
+    def reset(self) -> None:
+        self.delivered = threading.Event()
+        self.error = None
+
+    def report(self, error: Exception | None, _record: Record) -> None:
+        # Runs in whichever thread serves the producer's delivery reports.
+        self.error = error
+        self.delivered.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True once delivered; False if it failed or no report came within ``timeout``."""
+        return self.delivered.wait(timeout) and self.error is None
 
 
 def _where(record: Record) -> str:
