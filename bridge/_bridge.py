@@ -266,6 +266,7 @@ class Bridge:
             if self.create_topics:
                 self.transport.ensure_topics(self.topics, self.partitions, self.ready_timeout)
             self._producer = self.transport.producer()
+            self._producer.warm_up(self.topics, max(0.1, deadline - time.monotonic()))
             self._spawn("bridge-delivery", self._poll_deliveries)
             if self._outbox is not None:
                 self._outbox.start(self._producer, self._delivered)

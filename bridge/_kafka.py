@@ -241,6 +241,17 @@ class _KafkaProducer(Producer):
                 continue
             return
 
+    def warm_up(self, topics: Sequence[str], timeout: float) -> None:
+        # The first produce to a topic otherwise waits for its metadata (100-500 ms).
+        deadline = time.monotonic() + timeout
+        try:
+            for topic in topics:
+                self._producer.list_topics(
+                    topic=topic, timeout=max(0.1, deadline - time.monotonic())
+                )
+        except KafkaException as exc:  # not fatal: records wait in the queue meanwhile
+            log.warning("could not warm up the producer: %s", exc)
+
     def poll(self, timeout: float = 0.0) -> int:
         try:
             return int(self._poll(timeout))

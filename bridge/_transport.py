@@ -65,6 +65,10 @@ class Producer(ABC):
         later, from ``poll`` or ``flush``, in the thread that calls them.
         """
 
+    def warm_up(self, topics: Sequence[str], timeout: float) -> None:  # noqa: B027
+        """Connect and learn the partitions of ``topics`` now, so that the first records
+        do not wait for it. Optional: the default does nothing."""
+
     @abstractmethod
     def poll(self, timeout: float = 0.0) -> int:
         """Serve pending delivery callbacks; return how many were served."""
