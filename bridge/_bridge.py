@@ -80,6 +80,8 @@ class Stats:
     echoes: int = 0
     unrouted: int = 0
     last_delivery_latency: float = 0.0
+    consumer_lag: int | None = None
+    """Records the consumer is behind the end of its partitions (updated every second)."""
 
 
 class DedupStore(Protocol):
@@ -418,6 +420,7 @@ class Bridge:
     def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
+        lag_due = 0.0
         try:
             while not self._stopping.is_set():
                 records = consumer.consume(self.batch_size, 0.1)
@@ -425,6 +428,10 @@ class Bridge:
                     self._ready.set()
                 if records:
                     self._handle_batch(consumer, records)
+                now = time.monotonic()
+                if now >= lag_due and self._ready.is_set():
+                    self.stats.consumer_lag = consumer.lag()
+                    lag_due = now + 1.0
         except BaseException as exc:
             self._consumer_error = exc
             log.exception("bridge %s: the consumer stopped", self.service)

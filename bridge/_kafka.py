@@ -436,6 +436,22 @@ class _KafkaConsumer(Consumer):
     def is_ready(self) -> bool:
         return self._ready
 
+    def lag(self) -> int | None:
+        # The end offsets come with every fetch response, so the cached ones are fresh.
+        assigned = [TopicPartition(topic, partition) for topic, partition in self._assigned]
+        if not assigned:
+            return 0
+        try:
+            total = 0
+            for tp in self._consumer.position(assigned):
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset < 0 or high < 0:
+                    return None
+                total += max(0, high - tp.offset)
+            return total
+        except (KafkaException, RuntimeError):
+            return None
+
     def assignment(self) -> list[tuple[str, int]]:
         return sorted(self._assigned)
 

@@ -407,6 +407,11 @@ class _MemoryConsumer(Consumer):
     def is_ready(self) -> bool:
         return self._ready
 
+    def lag(self) -> int | None:
+        with self._cond:
+            logs = self._broker._logs
+            return sum(len(logs[t][p]) - at for (t, p), at in self._positions.items())
+
     def assignment(self) -> list[TopicPartition]:
         return sorted(self._positions)
 

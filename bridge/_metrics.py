@@ -4,8 +4,8 @@ A custom collector reads ``Bridge.stats`` when Prometheus scrapes, so the hot pa
 nothing. prometheus-client is optional (``pip install eventbus-bridge[metrics]``); it is
 imported only when a metrics port is configured.
 
-Consumer lag is not exported: the transport seam has no cheap way to read partition end
-offsets. Use the broker's own tooling (kafka-consumer-groups, a Kafka exporter) for lag.
+Consumer lag is the sum over the assigned partitions of (end offset - position), from the
+end offsets the consumer already knows (no broker round trip), refreshed every second.
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ class BridgeCollector:
         )
         latency.add_metric([bridge.service], stats.last_delivery_latency)
         yield latency
+        if stats.consumer_lag is not None:
+            lag = core.GaugeMetricFamily(
+                "eventbus_bridge_consumer_lag",
+                "Records behind the end of the assigned partitions.",
+                labels=labels,
+            )
+            lag.add_metric([bridge.service], stats.consumer_lag)
+            yield lag
         healthy = core.GaugeMetricFamily(
             "eventbus_bridge_healthy", "1 while the bridge runs and is healthy.", labels=labels
         )

@@ -129,6 +129,11 @@ class Consumer(ABC):
         """True once the first assignment is complete and every assigned partition has a
         start position (so a record produced from now on will be read)."""
 
+    def lag(self) -> int | None:
+        """Records behind the end of the assigned partitions, from locally known end
+        offsets (no broker round trip); None when unknown. Default: unknown."""
+        return None
+
     @abstractmethod
     def assignment(self) -> list[tuple[str, int]]:
         """The ``(topic, partition)`` pairs assigned to this member now."""

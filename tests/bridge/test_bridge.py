@@ -550,3 +550,17 @@ def test_not_ready_is_a_clear_error(tp: Names) -> None:
     with pytest.raises(NotReadyError, match="not ready within"):
         b.start()
     assert not b.healthy
+
+
+def test_consumer_lag_is_reported(tp: Names, transport: Transport) -> None:
+    out, inbound = EventBus(), EventBus()
+    inbound.on("n.x")(lambda s, **kw: None)
+    with (
+        make_bridge(inbound, transport, "dst", Route.inbound("n.x", topic=tp.lag)) as dst,
+        make_bridge(out, transport, "src", Route.outbound("n.x", topic=tp.lag)),
+    ):
+        assert dst.stats.consumer_lag in (None, 0)
+        for n in range(5):
+            out.emit("n.x", n=n)
+        wait_for(lambda: dst.stats.handled == 5)
+        wait_for(lambda: dst.stats.consumer_lag == 0, what="the lag measured at 0")

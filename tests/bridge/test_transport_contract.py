@@ -386,3 +386,16 @@ def test_closed_producer_and_consumer_refuse_work(transport, new_topic):
     consumer.close()
     with pytest.raises(TransportError):
         consumer.poll(0)
+
+
+def test_lag_counts_records_behind_the_end(new_topic, producer, consumers):
+    topic = new_topic(1)
+    consumer = consumers(group_id(), [topic])
+    ready(consumer)
+    produce_all(producer, topic, [(None, f"{n}".encode()) for n in range(5)])
+    [first] = read_until(consumer, lambda rs: len(rs) >= 1, "the first record")
+    assert first.value == b"0"
+    deadline = time.monotonic() + 10
+    while consumer.lag() != 4:  # the end offsets arrive with fetch responses
+        assert time.monotonic() < deadline, f"lag is {consumer.lag()}, expected 4"
+        time.sleep(0.01)
