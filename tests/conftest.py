@@ -148,3 +148,30 @@ def make_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
 def kafka_topic(make_topic: Callable[..., str]) -> str:
     """A fresh topic with one partition."""
     return make_topic()
+
+
+def console_consumer(bootstrap: str, topic: str, libs: Path, *properties: str) -> list[str]:
+    """The command that runs Kafka's own Java ConsoleConsumer for one record of ``topic``
+    (``properties``: formatter settings such as ``print.headers=true``)."""
+    cmd = [
+        "java",
+        "-Xmx256m",
+        "-cp",
+        f"{libs}/*",  # the JVM expands the glob
+        f"-Dlog4j2.configurationFile={ROOT / 'scripts' / 'log4j2.xml'}",
+        "-Dkafka.log.level=WARN",
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        topic,
+        "--from-beginning",
+        "--max-messages",
+        "1",
+        "--timeout-ms",
+        "60000",
+    ]
+    # (--property, its older name, prints a deprecation notice on stdout in Kafka 4.x.)
+    for prop in properties:
+        cmd += ["--formatter-property", prop]
+    return cmd

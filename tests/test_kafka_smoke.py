@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import console_consumer
+
 pytestmark = pytest.mark.kafka
 
-ROOT = Path(__file__).resolve().parent.parent
 N = 25
 
 
@@ -91,29 +92,9 @@ def test_java_console_consumer_reads_confluent_record(
     )
     assert producer.flush(30) == 0
 
-    cmd = [
-        "java",
-        "-Xmx256m",
-        "-cp",
-        f"{kafka_libs}/*",  # the JVM expands the glob
-        f"-Dlog4j2.configurationFile={ROOT / 'scripts' / 'log4j2.xml'}",
-        "-Dkafka.log.level=WARN",
-        "org.apache.kafka.tools.consumer.ConsoleConsumer",
-        "--bootstrap-server",
-        kafka_bootstrap,
-        "--topic",
-        kafka_topic,
-        "--from-beginning",
-        "--max-messages",
-        "1",
-        "--timeout-ms",
-        "60000",
-        # (--property, its older name, prints a deprecation notice on stdout in Kafka 4.x.)
-        "--formatter-property",
-        "print.headers=true",
-        "--formatter-property",
-        "print.key=true",
-    ]
+    cmd = console_consumer(
+        kafka_bootstrap, kafka_topic, kafka_libs, "print.headers=true", "print.key=true"
+    )
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     # Default separators: headers "k:v,k:v", then TAB key, TAB value.

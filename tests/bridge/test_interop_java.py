@@ -13,7 +13,7 @@ import msgpack
 
 from bridge import Bridge, KafkaTransport, Route
 from eventbus import EventBus
-from tests.conftest import ROOT
+from tests.conftest import console_consumer
 
 
 def test_java_console_consumer_reads_a_bridge_record(
@@ -29,30 +29,14 @@ def test_java_console_consumer_reads_a_bridge_record(
         bus.emit("user.registered", user_id=42, email="a@example.com")
     assert bridge.stats.delivered == 1
 
-    cmd = [
-        "java",
-        "-Xmx256m",
-        "-cp",
-        f"{kafka_libs}/*",
-        f"-Dlog4j2.configurationFile={ROOT / 'scripts' / 'log4j2.xml'}",
-        "-Dkafka.log.level=WARN",
-        "org.apache.kafka.tools.consumer.ConsoleConsumer",
-        "--bootstrap-server",
+    cmd = console_consumer(
         kafka_bootstrap,
-        "--topic",
         kafka_topic,
-        "--from-beginning",
-        "--max-messages",
-        "1",
-        "--timeout-ms",
-        "60000",
-        "--formatter-property",
+        kafka_libs,
         "print.headers=true",
-        "--formatter-property",
         "print.key=true",
-        "--formatter-property",
         "print.value=false",
-    ]
+    )
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     [line] = run.stdout.splitlines()
