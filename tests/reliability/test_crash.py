@@ -1,4 +1,4 @@
-"""Fault 1: the daemon is killed (SIGKILL) in the middle of a stream, then restarted.
+"""Fault 1: the daemon (``eventbus-bridge run``) is killed (SIGKILL) mid-stream, then restarted.
 
 Every event is handled (at-least-once); with persistent dedup each one exactly once,
 except the one event whose handler may have finished just before the kill and whose id
@@ -7,9 +7,11 @@ was not recorded yet (docs/reliability.md, "Effectively-once").
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,17 +28,46 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = scaled(100_000, 2000)
 
 
-def start_daemon(args: list[str]) -> subprocess.Popen[str]:
+CONFIG = """
+[bridge]
+service = "crash-test"
+group = "{group}"
+modules = ["tests.reliability.daemon"]
+create_topics = false
+{dedup}
+
+[kafka]
+"bootstrap.servers" = "{bootstrap}"
+"auto.offset.reset" = "earliest"
+# Static membership: a restarted daemon takes its partitions back at once instead of
+# waiting for the killed member's session to time out.
+"group.instance.id" = "{group}-daemon"
+"session.timeout.ms" = 6000
+
+[[route]]
+signals = "load.*"
+topic = "{topic}"
+direction = "in"
+"""
+
+
+def start_daemon(config: Path, out: Path) -> subprocess.Popen[str]:
+    """Run ``eventbus-bridge run -c config`` and return once it logged that it is ready."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.daemon", *args],
+        [sys.executable, "-m", "bridge", "run", "-c", str(config)],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "CRASH_TEST_OUT": str(out)},
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # blocks until the bridge is ready (or the process died)
-    assert line == "ready\n", f"daemon did not start: {line!r}, exit {proc.poll()}"
-    return proc
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # blocks until the daemon is ready (or has died)
+        seen.append(line)
+        if "ready: service crash-test" in line:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
+            return proc
+    raise AssertionError(f"daemon did not start (exit {proc.wait()}): {''.join(seen[-5:])}")
 
 
 def lines(path: Path) -> list[str]:
@@ -61,18 +92,24 @@ def test_kill_9_in_the_middle_then_restart(
     emit_events(kafka_bootstrap, topic, EVENTS)
     out = tmp_path / "handled.txt"
     out.touch()
-    args = [kafka_bootstrap, topic, f"daemon-{topic}", str(out)]
-    if dedup:
-        args.append(str(tmp_path / "dedup.db"))
+    config = tmp_path / "crash-test.toml"
+    config.write_text(
+        CONFIG.format(
+            group=f"daemon-{topic}",
+            topic=topic,
+            bootstrap=kafka_bootstrap,
+            dedup=f'dedup_path = "{tmp_path / "dedup.db"}"' if dedup else "",
+        )
+    )
 
     t0 = time.monotonic()
-    daemon = start_daemon(args)
+    daemon = start_daemon(config, out)
     wait_for(lambda: count(out) >= EVENTS // 3, timeout=120, what="a third handled")
     daemon.send_signal(signal.SIGKILL)
     daemon.communicate()
     before_kill = count(out)
 
-    daemon = start_daemon(args)
+    daemon = start_daemon(config, out)
     try:
         wait_for(
             lambda: len({line.split()[1] for line in lines(out)}) == EVENTS,
