@@ -19,8 +19,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from eventbus import Event, EventBus, HandlerFailure, PayloadError
-from eventbus._errors import handler_name
+from eventbus import (
+    Event,
+    EventBus,
+    HandlerFailure,
+    PayloadError,
+    compile_pattern,
+    handler_name,
+)
 
 from ._codec import MsgpackCodec
 from ._envelope import DLQ_PREFIX, HeaderBuilder, read_envelope, trace_context
@@ -396,9 +402,8 @@ class Bridge:
             if record.timestamp_ms:
                 stats.last_delivery_latency = time.time() - record.timestamp_ms / 1000
             return
-        failure = DeliveryError(f"record to {record.topic!r} not delivered: {error}")
+        failure = DeliveryError(f"record to {record.topic!r} not delivered: {error}", record)
         failure.__cause__ = error
-        failure.record = record  # type: ignore[attr-defined]
         log.error("bridge %s: %s", self.service, failure)
         if self.on_delivery_failure is not None:
             try:
@@ -671,7 +676,7 @@ def _where(record: Record) -> str:
 
 
 def _route_pattern_matches(pattern: str, name: str) -> bool:
-    return Route((pattern,), "x").matches(name)
+    return compile_pattern(pattern)(name) if "*" in pattern else pattern == name
 
 
 def _key_bytes(value: object) -> bytes:

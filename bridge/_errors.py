@@ -13,7 +13,12 @@ EventBusError
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eventbus import EventBusError
+
+if TYPE_CHECKING:
+    from ._transport import Record
 
 
 class BridgeError(EventBusError):
@@ -49,4 +54,11 @@ class NotReadyError(TransportError):
 
 
 class DeliveryError(BridgeError):
-    """A record was not delivered to the broker; passed to the delivery-failure callback."""
+    """A record was not delivered to the broker; passed to the delivery-failure callback.
+
+    ``record`` is the record as produced (topic, key, value, headers), for a resend.
+    """
+
+    def __init__(self, message: str, record: Record | None = None) -> None:
+        super().__init__(message)
+        self.record = record

@@ -10,6 +10,7 @@ from ._errors import (
     HandlerFailure,
     InvalidNameError,
     PayloadError,
+    handler_name,
 )
 from ._names import check_name, compile_pattern
 from ._typed import event
@@ -31,4 +32,5 @@ __all__ = [
     "compile_pattern",
     "default_bus",
     "event",
+    "handler_name",
 ]
