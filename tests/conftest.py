@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# A shared, noisy machine: no per-example deadline (the properties are about results).
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_FIXTURES = {"kafka_bootstrap", "kafka_admin", "kafka_topic", "make_topic", "kafka_libs"}
