@@ -117,9 +117,11 @@ class _Dedup:
         if event_id in ids:
             ids.move_to_end(event_id)
         ids[event_id] = now
-        horizon = now - self.window
-        while ids and (len(ids) > self.size or next(iter(ids.values())) <= horizon):
-            ids.popitem(last=False)
+        if len(ids) > self.size or len(ids) & 255 == 0:
+            # Evict beyond the size bound, and (checked now and then) past the window.
+            horizon = now - self.window
+            while ids and (len(ids) > self.size or next(iter(ids.values())) <= horizon):
+                ids.popitem(last=False)
 
 
 class Bridge:

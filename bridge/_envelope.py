@@ -144,32 +144,34 @@ _CACHE_LIMIT = 10_000
 def read_envelope(record: Record) -> Envelope:
     """Read and check the CloudEvents headers of a record; DecodeError if they are wrong."""
     found = dict(record.headers)  # the last value of a repeated header wins
-    if found.get("ce_specversion") != SPECVERSION:
-        raise DecodeError(f"ce_specversion is {_show(found.get('ce_specversion'))}, expected '1.0'")
-    content_type = found.get("content-type")
+    get = found.get
+    if get("ce_specversion") != SPECVERSION:
+        raise DecodeError(f"ce_specversion is {_show(get('ce_specversion'))}, expected '1.0'")
+    content_type = get("content-type")
     if content_type is not None and content_type not in ACCEPTED_CONTENT_TYPES:
         raise DecodeError(f"content-type {_show(content_type)} is not msgpack")
-    raw_type = found.get("ce_type")
-    ce_type = _checked_types.get(raw_type) if isinstance(raw_type, bytes) else None
+    raw = get("ce_type")
+    ce_type = _checked_types.get(raw) if type(raw) is bytes else None
     if ce_type is None:
-        ce_type = _check_type(raw_type)
+        ce_type = _check_type(raw)
     ce_id = _text(found, "ce_id")
-    source = found.get("ce_source")
-    ce_source = _decoded.get(source) if isinstance(source, bytes) else None
+    raw = get("ce_source")
+    ce_source = _decoded.get(raw) if type(raw) is bytes else None
     if ce_source is None:
         ce_source = _text(found, "ce_source")
         if len(_decoded) < _CACHE_LIMIT:
             _decoded[found["ce_source"]] = ce_source
-    origin = found.get(ORIGIN)
-    ce_time = found.get("ce_time")
+    raw = get(ORIGIN)
+    origin = (_decoded.get(raw) or _origin(raw)) if type(raw) is bytes else None
+    raw = get("ce_time")
     return Envelope(
         ce_id,
         ce_source,
         ce_type,
-        ce_time.decode(errors="replace") if isinstance(ce_time, bytes) else None,
-        _decoded.get(origin) or _origin(origin) if isinstance(origin, bytes) else None,
-        found.get("traceparent"),
-        found.get("tracestate"),
+        raw.decode(errors="replace") if type(raw) is bytes else None,
+        origin,
+        get("traceparent"),
+        get("tracestate"),
     )
 
 
