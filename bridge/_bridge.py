@@ -212,12 +212,15 @@ class Bridge:
 
             self._dedup = SqliteDedup(dedup_path, dedup_window, dedup_size)
         self._outbox: Outbox | None = None
-        if isinstance(outbox, str) and outbox:
+        if outbox is not None:
             from ._outbox import Outbox
 
-            self._outbox = Outbox(outbox, max_events=outbox_max_events)
-        elif outbox:
-            self._outbox = outbox
+            if isinstance(outbox, str) and outbox:
+                self._outbox = Outbox(outbox, max_events=outbox_max_events)
+            elif isinstance(outbox, Outbox):
+                self._outbox = outbox
+            else:
+                raise ConfigError(f"outbox must be a file path or an Outbox, not {outbox!r}")
         self._headers = HeaderBuilder(service, self.id)
         self._out_routes = tuple(r for r in self.routes if r.is_outbound)
         self._in_routes = tuple(r for r in self.routes if r.is_inbound)

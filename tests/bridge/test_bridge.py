@@ -511,6 +511,10 @@ def test_bad_routes_and_options_are_config_errors() -> None:
         Bridge(bus, transport=t, service="s", routes=[], max_attempts=0)
     with pytest.raises(ConfigError, match="Route"):
         Bridge(bus, transport=t, service="s", routes=["a.b"])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="outbox"):
+        Bridge(bus, transport=t, service="s", routes=[], outbox=42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="outbox"):
+        Bridge(bus, transport=t, service="s", routes=[], outbox="")
 
 
 def test_start_twice_is_an_error_and_stop_is_idempotent(tp: Names, transport: Transport) -> None:
