@@ -379,7 +379,7 @@ class Bridge:
         if producer is None:
             raise RuntimeError("bridge is not started")
         value = self.codec.encode(payload)
-        _, headers = self._headers.build(name)
+        headers = self._headers.build(name)
         for route in routes:
             key = None
             if route.key is not None:
@@ -459,19 +459,12 @@ class Bridge:
             if partition not in unconfirmed:
                 consumer.store(record)
 
-    def handle(self, record: Record) -> bool:
-        """Process one inbound record to the end and store its offset; True if stored.
-
-        Public for tools and tests; the consumer thread calls it for every record. Never
-        raises for bad input: a record is handled, skipped, or dead-lettered. Returns False
-        only when the bridge is stopping before the record was done (it is redelivered).
-        """
-        done = self._handle(record) and not self._confirm_dead_letters()
-        if done and self._consumer is not None:
-            self._consumer.store(record)
-        return done
-
     def _handle(self, record: Record) -> bool:
+        """Process one record to the end; True when its offset may be stored.
+
+        Never raises for bad input: a record is handled, skipped or dead-lettered. False
+        only when the bridge stops before the record was done (it is redelivered).
+        """
         self.stats.received += 1
         try:
             return self._process(record)

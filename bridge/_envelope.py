@@ -100,15 +100,14 @@ class HeaderBuilder:
             (ORIGIN, origin.encode()),
         )
 
-    def build(self, name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
-        """Return ``(ce_id, headers)`` for a new event of type ``name``."""
+    def build(self, name: str) -> list[tuple[str, bytes]]:
+        """Return the headers of a new event of type ``name`` (with a new ``ce_id``)."""
         ce_type = self._types.get(name)
         if ce_type is None:
             ce_type = self._types.setdefault(name, name.encode())
-        ce_id = new_event_id()
         headers = [
             ("ce_specversion", SPECVERSION),
-            ("ce_id", ce_id),
+            ("ce_id", new_event_id()),
             ("ce_source", self._source),
             ("ce_type", ce_type),
             ("ce_time", self._clock.now()),
@@ -119,7 +118,7 @@ class HeaderBuilder:
             headers.append(("traceparent", trace[0]))
             if trace[1] is not None:
                 headers.append(("tracestate", trace[1]))
-        return ce_id, headers
+        return headers
 
 
 class Envelope(NamedTuple):

@@ -50,7 +50,7 @@ def _record(value: bytes | None, headers: list[tuple[str, bytes]], key: bytes | 
 
 def test_format_record_decodes_or_says_why_not() -> None:
     codec = MsgpackCodec()
-    _, headers = HeaderBuilder("user-service", "origin").build("user.registered")
+    headers = HeaderBuilder("user-service", "origin").build("user.registered")
     good = _record(codec.encode({"user_id": 42, "email": "a@example.com"}), headers, b"42")
     line = format_record(good, codec, as_json=False)
     assert "users/0@7  user.registered  source=user-service  key=42" in line
