@@ -159,7 +159,7 @@ BRIDGE_OPTIONS: dict[str, _Option] = {
     "partitions": _int(1, _at_least(1)),
     "ready_timeout": _float(30.0, _at_least(0)),
     "drain_timeout": _float(30.0, _at_least(0)),
-    "batch_size": _int(500, _at_least(1)),
+    "batch_size": _int(100, _at_least(1)),
     "outbox": _str(None, _non_empty),
     "outbox_max_events": _int(1_000_000, _at_least(1)),
     "dedup_path": _str(None, _non_empty),
@@ -211,7 +211,7 @@ class Config:
     partitions: int = 1
     ready_timeout: float = 30.0
     drain_timeout: float = 30.0
-    batch_size: int = 500
+    batch_size: int = 100
     outbox: str | None = None
     outbox_max_events: int = 1_000_000
     dedup_path: str | None = None

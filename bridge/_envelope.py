@@ -142,7 +142,52 @@ _CACHE_LIMIT = 10_000
 
 def read_envelope(record: Record) -> Envelope:
     """Read and check the CloudEvents headers of a record; DecodeError if they are wrong."""
-    found = dict(record.headers)  # the last value of a repeated header wins
+    return envelope_of(dict(record.headers))  # the last value of a repeated header wins
+
+
+_USUAL_CONTENT_TYPES = ACCEPTED_CONTENT_TYPES | {None}
+_new_envelope = tuple.__new__
+
+
+def envelope_of(found: dict[str, bytes]) -> Envelope:
+    """The envelope in headers ``found`` (name -> value); DecodeError if they are wrong."""
+    get = found.get
+    raw_id, raw_type, raw_source = get("ce_id"), get("ce_type"), get("ce_source")
+    # The inbound hot path: well-formed headers of a type and a source seen before.
+    ce_type = _checked_types.get(raw_type) if type(raw_type) is bytes else None
+    ce_source = _decoded.get(raw_source) if type(raw_source) is bytes else None
+    ce_id = None
+    if (
+        ce_type is not None
+        and ce_source is not None
+        and type(raw_id) is bytes
+        and raw_id
+        and get("ce_specversion") == SPECVERSION
+        and get("content-type") in _USUAL_CONTENT_TYPES
+    ):
+        with contextlib.suppress(UnicodeDecodeError):
+            ce_id = raw_id.decode()
+    if ce_id is None:
+        ce_id, ce_type, ce_source = _check(found)
+    raw = get(ORIGIN)
+    origin = (_decoded.get(raw) or _origin(raw)) if type(raw) is bytes else None
+    raw = get("ce_time")
+    return _new_envelope(
+        Envelope,
+        (
+            ce_id,
+            ce_source,
+            ce_type,
+            raw.decode(errors="replace") if type(raw) is bytes else None,
+            origin,
+            get("traceparent"),
+            get("tracestate"),
+        ),
+    )
+
+
+def _check(found: dict[str, bytes]) -> tuple[str, str, str]:
+    """Check the required attributes one by one: their id, type and source, or DecodeError."""
     get = found.get
     if get("ce_specversion") != SPECVERSION:
         raise DecodeError(f"ce_specversion is {_show(get('ce_specversion'))}, expected '1.0'")
@@ -160,18 +205,7 @@ def read_envelope(record: Record) -> Envelope:
         ce_source = _text(found, "ce_source")
         if len(_decoded) < _CACHE_LIMIT:
             _decoded[found["ce_source"]] = ce_source
-    raw = get(ORIGIN)
-    origin = (_decoded.get(raw) or _origin(raw)) if type(raw) is bytes else None
-    raw = get("ce_time")
-    return Envelope(
-        ce_id,
-        ce_source,
-        ce_type,
-        raw.decode(errors="replace") if type(raw) is bytes else None,
-        origin,
-        get("traceparent"),
-        get("tracestate"),
-    )
+    return ce_id, ce_type, ce_source
 
 
 def _text(found: dict[str, bytes], attr: str) -> str:

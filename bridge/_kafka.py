@@ -148,15 +148,22 @@ def _translate(exc: KafkaException, what: str) -> TransportError:
 
 def _record(msg: Any) -> Record:
     kind, timestamp = msg.timestamp()
-    return Record(
-        msg.topic(),
-        msg.partition(),
-        msg.offset(),
-        msg.key(),
-        msg.value(),
-        msg.headers() or (),
-        timestamp if kind else None,
+    # tuple.__new__ skips the named tuple's Python-level __new__: this runs per record.
+    return _new_record(
+        Record,
+        (
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            msg.key(),
+            msg.value(),
+            msg.headers() or (),
+            timestamp if kind else None,
+        ),
     )
+
+
+_new_record = tuple.__new__
 
 
 def _delivered(
@@ -406,15 +413,16 @@ class _KafkaConsumer(Consumer):
             raise _translate(exc, "consumer poll failed") from exc
         except RuntimeError as exc:  # the consumer was closed
             raise TransportError(f"consumer poll failed: {exc}") from exc
-        records = []
-        for msg in messages:
-            error = msg.error()
-            if error is None:
-                records.append(_record(msg))
-            elif error.fatal():
-                raise TransportError(f"fatal Kafka consumer error: {error}")
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("Kafka consumer error (skipped): %s", error)
+        records = [_record(msg) for msg in messages if msg.error() is None]
+        if len(records) < len(messages):
+            for msg in messages:
+                error = msg.error()
+                if error is None:
+                    continue
+                if error.fatal():
+                    raise TransportError(f"fatal Kafka consumer error: {error}")
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("Kafka consumer error (skipped): %s", error)
         return records
 
     def store(self, record: Record) -> None:

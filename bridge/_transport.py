@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Headers = Sequence[tuple[str, bytes]]
 
 
-@dataclass(slots=True)
-class Record:
-    """One record read from, or delivered to, a topic partition. Treat it as read-only.
+class Record(NamedTuple):
+    """One record read from, or delivered to, a topic partition.
 
-    (Not a frozen dataclass: one is built per record, and frozen ones cost 3x more.)
+    (A named tuple: one is built per record, and this is the cheapest immutable kind.)
     """
 
     topic: str
