@@ -68,10 +68,11 @@ class Remote(NamedTuple):
 
 @dataclass(slots=True)
 class Stats:
-    """Counters of one bridge, read by any thread.
+    """Counters of one bridge, read by any thread (``Bridge.stats``).
 
-    Delivery counters are updated under the bridge's lock (delivery reports are served by
-    whichever thread polls or flushes the producer); the others by the consumer thread.
+    ``produced`` counts records whose delivery finished, ``delivered`` those that
+    succeeded, ``delivery_failed`` those that failed (each one reported). The inbound
+    counters are updated by the consumer thread.
     """
 
     produced: int = 0
@@ -84,7 +85,8 @@ class Stats:
     duplicates: int = 0
     echoes: int = 0
     unrouted: int = 0
-    last_delivery_latency: float = 0.0
+    in_flight: int = 0
+    """Records produced and not yet delivered or failed."""
     consumer_lag: int | None = None
     """Records the consumer is behind the end of its partitions (updated every second)."""
 
@@ -209,7 +211,8 @@ class Bridge:
         self.drain_timeout = drain_timeout
         self.batch_size = batch_size
         self.id = str(uuid.uuid4())
-        self.stats = Stats()
+        self._stats = Stats()
+        self._sent = 0  # records handed to a failures-only producer
         self._dedup: DedupStore = _Dedup(dedup_window, dedup_size)
         if dedup_path:
             from ._dedup import SqliteDedup  # sqlite3 only when asked for
@@ -234,6 +237,7 @@ class Bridge:
         self._patterns = tuple(dict.fromkeys(s for r in self._out_routes for s in r.signals))
         self._handlers: list[Callable[[Event], None]] = []
         self._producer: Producer | None = None
+        self._letters: Producer | None = None  # dead letters, when there is no outbox
         self._consumer: Consumer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -282,7 +286,11 @@ class Bridge:
             deadline = time.monotonic() + self.ready_timeout
             if self.create_topics:
                 self.transport.ensure_topics(self.topics, self.partitions, self.ready_timeout)
-            self._producer = self.transport.producer()
+            if self._outbox is None:
+                # Only failures are reported: a delivered event costs no Python at all.
+                self._producer = self.transport.producer(on_failure=self._failed)
+            else:
+                self._producer = self.transport.producer()  # the relay needs every report
             self._producer.warm_up(self.topics, max(0.1, deadline - time.monotonic()))
             self._spawn("bridge-delivery", self._poll_deliveries)
             if self._outbox is not None:
@@ -337,6 +345,8 @@ class Bridge:
                 self._consumer.close()
             except TransportError as exc:
                 log.error("bridge %s: closing the consumer failed: %s", self.service, exc)
+        if self._letters is not None:
+            self._letters.close(self.drain_timeout)
         if self._outbox is not None:
             self._outbox.stop(self.drain_timeout)
         if self._producer is not None:
@@ -397,20 +407,46 @@ class Bridge:
             if self._outbox is not None:
                 self._outbox.append(route.topic, value, key, headers)
             else:
-                producer.produce(route.topic, value, key, headers, self._delivered)
+                producer.produce(route.topic, value, key, headers)
+                with self._stats_lock:  # counted once queued (see stats)
+                    self._sent += 1
+
+    @property
+    def stats(self) -> Stats:
+        """This bridge's counters, current when read."""
+        stats = self._stats
+        producer = self._producer
+        if self._outbox is None and producer is not None:
+            # Delivered = produced - in flight - failed. Read in this order, and with
+            # ``_sent`` counted after produce, a record is never counted early.
+            with self._stats_lock:
+                sent = self._sent
+            in_flight = producer.in_flight()
+            with self._stats_lock:
+                stats.in_flight = min(in_flight, sent)
+                stats.produced = sent - stats.in_flight
+                stats.delivered = max(0, stats.produced - stats.delivery_failed)
+        return stats
 
     def _delivered(self, error: Exception | None, record: Record) -> None:
-        stats = self.stats
+        """Every delivery report of the outbox relay's records."""
+        stats = self._stats
         with self._stats_lock:
             stats.produced += 1
             if error is None:
                 stats.delivered += 1
             else:
                 stats.delivery_failed += 1
-        if error is None:
-            if record.timestamp_ms:
-                stats.last_delivery_latency = time.time() - record.timestamp_ms / 1000
-            return
+        if error is not None:
+            self._report_failure(error, record)
+
+    def _failed(self, error: Exception, record: Record) -> None:
+        """The report of a record the failures-only producer could not deliver."""
+        with self._stats_lock:
+            self._stats.delivery_failed += 1
+        self._report_failure(error, record)
+
+    def _report_failure(self, error: Exception, record: Record) -> None:
         failure = DeliveryError(f"record to {record.topic!r} not delivered: {error}", record)
         failure.__cause__ = error
         log.error("bridge %s: %s", self.service, failure)
@@ -444,7 +480,7 @@ class Bridge:
                     self._handle_batch(consumer, records)
                 now = time.monotonic()
                 if now >= lag_due and self._ready.is_set():
-                    self.stats.consumer_lag = consumer.lag()
+                    self._stats.consumer_lag = consumer.lag()
                     lag_due = now + 1.0
         except BaseException as exc:
             self._consumer_error = exc
@@ -468,7 +504,7 @@ class Bridge:
             if not finished:
                 break  # stopping before the record was done: it is redelivered
             done[(record.topic, record.partition)] = record
-        self.stats.received += received
+        self._stats.received += received
         unconfirmed = self._confirm_dead_letters() if self._dead_letters else ()
         for partition, record in done.items():
             if partition not in unconfirmed:
@@ -488,52 +524,45 @@ class Bridge:
         """
         try:
             envelope = envelope_of(dict(record.headers))  # a repeated header: the last wins
-            if envelope.origin == self.id:
-                self.stats.echoes += 1
+            event_id, source, name, at, origin, traceparent, _ = envelope
+            if origin == self.id:
+                self._stats.echoes += 1
                 return True
             value = record.value
             payload = self.codec.decode(value if value is not None else b"")
         except DecodeError as exc:
             return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", None, 0)
         topic = record.topic
-        route = self._in_cache.get((topic, envelope.type))
-        if route is None and (topic, envelope.type) not in self._in_cache:
-            route = self._inbound_route(topic, envelope.type)
+        route = self._in_cache.get((topic, name))
+        if route is None and (topic, name) not in self._in_cache:
+            route = self._inbound_route(topic, name)
         if route is None:
-            self.stats.unrouted += 1
+            self._stats.unrouted += 1
             if self.unrouted == "dlq":
-                reason = f"no inbound route for type {envelope.type!r} on this topic"
+                reason = f"no inbound route for type {name!r} on this topic"
                 return self._dead_letter(record, None, reason, "unrouted", None, 0)
             return True
-        if self._dedup.seen(envelope.id):
-            self.stats.duplicates += 1
+        dedup = self._dedup
+        if dedup.seen(event_id):
+            self._stats.duplicates += 1
             return True
         sender = _new_remote(
-            Remote,
-            (
-                envelope.source,
-                envelope.id,
-                envelope.time,
-                topic,
-                record.partition,
-                record.offset,
-                self.id,
-            ),
+            Remote, (source, event_id, at, topic, record.partition, record.offset, self.id)
         )
         try:
-            if envelope.traceparent is None:
-                failures = self.bus.dispatch(envelope.type, sender, payload)
+            if traceparent is None:
+                failures = self.bus.dispatch(name, sender, payload)
             else:
-                with trace_context(envelope.traceparent, envelope.tracestate):
-                    failures = self.bus.dispatch(envelope.type, sender, payload)
+                with trace_context(traceparent, envelope.tracestate):
+                    failures = self.bus.dispatch(name, sender, payload)
         except PayloadError as exc:
             return self._dead_letter(
                 record, route, f"invalid payload: {exc}", "PayloadError", None, 0
             )
         if failures and not self._retry_or_dead_letter(record, route, envelope, failures):
             return False
-        self._dedup.add(envelope.id)
-        self.stats.handled += 1
+        dedup.add(event_id)
+        self._stats.handled += 1
         return True
 
     def _inbound_route(self, topic: str, name: str) -> Route | None:
@@ -563,7 +592,7 @@ class Bridge:
                 return False
             delay = min(delay * 2, self.max_backoff)
             attempts += 1
-            self.stats.retried += 1
+            self._stats.retried += 1
             failures = self._retry(failures, envelope.traceparent, envelope.tracestate)
         if not failures:
             return True
@@ -626,9 +655,17 @@ class Bridge:
         self._dead_letters.append(letter)
         return True
 
+    def _letter_producer(self) -> Producer:
+        """The producer of dead letters: one that reports every delivery (each one is
+        confirmed before its record's offset is stored), made at the first dead letter."""
+        if self._outbox is not None and self._producer is not None:
+            return self._producer
+        if self._letters is None:
+            self._letters = self.transport.producer()
+        return self._letters
+
     def _send_dead_letter(self, letter: _DeadLetter) -> None:
-        producer = self._producer
-        assert producer is not None
+        producer = self._letter_producer()
         letter.reset()
         try:
             producer.produce(
@@ -648,12 +685,12 @@ class Bridge:
         is stopping: their offsets must not be stored (the records come again).
         """
         letters, self._dead_letters = self._dead_letters, []
-        producer = self._producer
+        producer = self._letter_producer() if letters else None
         delay = self.backoff or 0.1
         while letters and producer is not None:
             producer.flush(self.drain_timeout)
             failed = [letter for letter in letters if not letter.wait(self.drain_timeout)]
-            self.stats.dead_lettered += len(letters) - len(failed)
+            self._stats.dead_lettered += len(letters) - len(failed)
             if not failed:
                 break
             log.error(

@@ -31,6 +31,7 @@ from ._errors import ConfigError, QueueFullError, TransportError
 from ._transport import (
     Consumer,
     DeliveryCallback,
+    FailureCallback,
     Headers,
     PartitionsCallback,
     Producer,
@@ -121,6 +122,10 @@ CONSUMER_ONLY = frozenset(
 """Keys dropped from producer and admin configs."""
 
 
+MANAGED = frozenset({"delivery.report.only.error", "on_delivery", "dr_cb", "dr_msg_cb"})
+"""librdkafka keys the transport sets itself: a user value would silence or leak reports."""
+
+
 def _on_error(err: KafkaError) -> None:
     """librdkafka's error callback: transient errors are logged (the client retries them
     itself); a fatal one raises out of the ``poll``/``flush``/``consume`` that served it."""
@@ -173,14 +178,17 @@ def _delivered(
 
     A delivery report carries no headers, so those given to ``produce`` are added."""
     kind, timestamp = msg.timestamp()
-    record = Record(
-        msg.topic(),
-        msg.partition(),
-        msg.offset() if err is None else -1,
-        msg.key(),
-        msg.value(),
-        tuple(headers),
-        timestamp if kind else None,
+    record = _new_record(
+        Record,
+        (
+            msg.topic(),
+            msg.partition(),
+            msg.offset() if err is None else -1,
+            msg.key(),
+            msg.value(),
+            tuple(headers),
+            timestamp if kind else None,
+        ),
     )
     if err is None:
         callback(None, record)
@@ -188,8 +196,35 @@ def _delivered(
         callback(TransportError(str(err), retriable=err.retriable()), record)
 
 
+def _failed(callback: FailureCallback, err: KafkaError | None, msg: Any) -> None:
+    """The delivery report of a failures-only producer (librdkafka sends no others).
+
+    It comes without headers: nothing per record is kept for the report, that is the point.
+    """
+    if err is None:
+        return
+    record = _new_record(
+        Record, (msg.topic(), msg.partition(), -1, msg.key(), msg.value(), (), None)
+    )
+    callback(TransportError(str(err), retriable=err.retriable()), record)
+
+
 class _KafkaProducer(Producer):
-    def __init__(self, config: dict[str, Any], queue_full_timeout: float) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        queue_full_timeout: float,
+        on_failure: FailureCallback | None = None,
+    ) -> None:
+        if on_failure is not None:
+            # Successful deliveries then cost no Python at all. The callback must be the
+            # client-wide one: per-record callbacks of successful records would never be
+            # released (their reports never come).
+            config = {
+                **config,
+                "delivery.report.only.error": True,
+                "on_delivery": functools.partial(_failed, on_failure),
+            }
         try:
             self._producer = confluent_kafka.Producer(config)
         except KafkaException as exc:
@@ -197,6 +232,7 @@ class _KafkaProducer(Producer):
         self._produce = self._producer.produce
         self._poll = self._producer.poll
         self._queue_full_timeout = queue_full_timeout
+        self._failures_only = on_failure is not None
         self._closed = False
 
     def produce(
@@ -211,9 +247,11 @@ class _KafkaProducer(Producer):
             raise TransportError("producer is closed")
         # confluent-kafka takes headers as a list (or dict) only.
         hdrs: Any = (headers if type(headers) is list else list(headers)) if headers else None
-        callback = (
-            None if on_delivery is None else functools.partial(_delivered, on_delivery, headers)
-        )
+        callback = None
+        if on_delivery is not None:
+            if self._failures_only:
+                raise ValueError("a failures-only producer takes no on_delivery callbacks")
+            callback = functools.partial(_delivered, on_delivery, headers)
         try:
             try:
                 self._produce(topic, value, key, on_delivery=callback, headers=hdrs)
@@ -259,6 +297,9 @@ class _KafkaProducer(Producer):
         except KafkaException as exc:  # not fatal: records wait in the queue meanwhile
             log.warning("could not warm up the producer: %s", exc)
 
+    def in_flight(self) -> int:
+        return len(self._producer)
+
     def poll(self, timeout: float = 0.0) -> int:
         try:
             return int(self._poll(timeout))
@@ -280,7 +321,9 @@ class _KafkaProducer(Producer):
             # Fail what is left so every record still gets its (failed) delivery report.
             log.error("closing the producer: %d record(s) not delivered in %ss", left, timeout)
             self._producer.purge()
-            self._producer.flush(0)
+            # Purged records in flight are reported once the broker threads let go of
+            # them: nothing is sent any more, so this returns as soon as they are.
+            self._producer.flush(5.0)
 
 
 class _KafkaConsumer(Consumer):
@@ -489,6 +532,12 @@ class KafkaTransport(Transport):
         queue_full_timeout: float = 5.0,
         start_timeout: float = 30.0,
     ) -> None:
+        managed = sorted(MANAGED & set(config))
+        if managed:
+            raise ConfigError(
+                f"{', '.join(managed)}: delivery reports are managed by the transport "
+                "(failures are always reported; see Transport.producer)"
+            )
         self.config = dict(config)
         self.queue_full_timeout = queue_full_timeout
         self.start_timeout = start_timeout
@@ -511,9 +560,12 @@ class KafkaTransport(Transport):
             config["auto.offset.reset"] = "earliest"
         return config
 
-    def producer(self) -> Producer:
-        """Return a new producer; ``ConfigError`` if librdkafka rejects the config."""
-        return _KafkaProducer(self.producer_config(), self.queue_full_timeout)
+    def producer(self, *, on_failure: FailureCallback | None = None) -> Producer:
+        """Return a new producer; ``ConfigError`` if librdkafka rejects the config.
+
+        With ``on_failure`` it is a failures-only producer (``Transport.producer``):
+        ``delivery.report.only.error=true`` and a client-wide delivery callback."""
+        return _KafkaProducer(self.producer_config(), self.queue_full_timeout, on_failure)
 
     def consumer(
         self,

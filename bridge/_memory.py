@@ -48,13 +48,14 @@ import time
 import weakref
 import zlib
 from collections import deque
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from ._errors import QueueFullError, TransportError
 from ._transport import (
     Consumer,
     DeliveryCallback,
+    FailureCallback,
     Headers,
     PartitionsCallback,
     Producer,
@@ -63,7 +64,8 @@ from ._transport import (
 )
 
 TopicPartition = tuple[str, int]
-_Report = tuple[Exception | None, Record, DeliveryCallback | None]
+# (error, record, callback); a failures-only producer's callback gets errors only.
+_Report = tuple[Exception | None, Record, Callable[[Any, Record], None] | None]
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
@@ -182,8 +184,15 @@ class MemoryBroker:
 
 
 class _MemoryProducer(Producer):
-    def __init__(self, broker: MemoryBroker, queue_size: int, queue_full_timeout: float) -> None:
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        queue_size: int,
+        queue_full_timeout: float,
+        on_failure: FailureCallback | None = None,
+    ) -> None:
         self._broker = broker
+        self._on_failure = on_failure
         self._cond = broker._cond
         self._queue_size = queue_size
         self._queue_full_timeout = queue_full_timeout
@@ -206,6 +215,8 @@ class _MemoryProducer(Producer):
     ) -> None:
         if self._closed:
             raise TransportError("producer is closed")
+        if self._on_failure is not None and on_delivery is not None:
+            raise ValueError("a failures-only producer takes no on_delivery callbacks")
         deadline: float | None = None
         while True:
             with self._cond:
@@ -239,7 +250,13 @@ class _MemoryProducer(Producer):
         on_delivery: DeliveryCallback | None,
     ) -> None:
         error, record = self._broker._append(topic, key, value, tuple(headers))
-        self._reports.append((error, record, on_delivery))
+        if self._on_failure is None:
+            self._reports.append((error, record, on_delivery))
+        elif error is None:
+            self._queued -= 1  # delivered: no report, as with librdkafka
+        else:
+            # Like librdkafka's, a failure report carries no headers.
+            self._reports.append((error, record._replace(headers=()), self._on_failure))
         self._cond.notify_all()
 
     def _take_reports(self) -> list[_Report]:
@@ -255,6 +272,10 @@ class _MemoryProducer(Producer):
         for error, record, callback in reports:
             if callback is not None:
                 callback(error, record)
+
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._queued
 
     def poll(self, timeout: float = 0.0) -> int:
         with self._cond:
@@ -287,7 +308,10 @@ class _MemoryProducer(Producer):
             while self._held:
                 topic, key, value, headers, callback = self._held.popleft()
                 record = Record(topic, -1, -1, key, value, tuple(headers))
-                self._reports.append((error, record, callback))
+                if self._on_failure is None:
+                    self._reports.append((error, record, callback))
+                else:
+                    self._reports.append((error, record._replace(headers=()), self._on_failure))
             reports = self._take_reports()
         self._serve(reports)  # failures are reported, never silent
 
@@ -461,9 +485,9 @@ class MemoryTransport(Transport):
         self.queue_size = queue_size
         self.queue_full_timeout = queue_full_timeout
 
-    def producer(self) -> Producer:
-        """Return a new producer of this cluster."""
-        return _MemoryProducer(self.broker, self.queue_size, self.queue_full_timeout)
+    def producer(self, *, on_failure: FailureCallback | None = None) -> Producer:
+        """Return a new producer of this cluster (failures-only with ``on_failure``)."""
+        return _MemoryProducer(self.broker, self.queue_size, self.queue_full_timeout, on_failure)
 
     def consumer(
         self,

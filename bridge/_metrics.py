@@ -68,13 +68,13 @@ class BridgeCollector:
             family = core.CounterMetricFamily(name, text, labels=labels)
             family.add_metric([bridge.service], getattr(stats, field))
             yield family
-        latency = core.GaugeMetricFamily(
-            "eventbus_bridge_delivery_latency_seconds",
-            "Produce-to-acknowledgement time of the last delivered event.",
+        in_flight = core.GaugeMetricFamily(
+            "eventbus_bridge_in_flight",
+            "Records produced and not yet delivered or failed.",
             labels=labels,
         )
-        latency.add_metric([bridge.service], stats.last_delivery_latency)
-        yield latency
+        in_flight.add_metric([bridge.service], stats.in_flight)
+        yield in_flight
         if stats.consumer_lag is not None:
             lag = core.GaugeMetricFamily(
                 "eventbus_bridge_consumer_lag",

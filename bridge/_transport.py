@@ -40,6 +40,9 @@ DeliveryCallback = Callable[[Exception | None, Record], None]
 """Called once per produced record: ``(None, record)`` when delivered (``offset`` set),
 ``(TransportError, record)`` when it failed for good (``offset`` is -1)."""
 
+FailureCallback = Callable[[Exception, Record], None]
+"""Called once per record a failures-only producer could not deliver (``offset`` -1)."""
+
 PartitionsCallback = Callable[[list[tuple[str, int]]], None]
 """Called with the ``(topic, partition)`` list on assignment or revocation."""
 
@@ -67,6 +70,10 @@ class Producer(ABC):
     def warm_up(self, topics: Sequence[str], timeout: float) -> None:  # noqa: B027
         """Connect and learn the partitions of ``topics`` now, so that the first records
         do not wait for it. Optional: the default does nothing."""
+
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Records produced and not yet delivered or failed (their reports not served)."""
 
     @abstractmethod
     def poll(self, timeout: float = 0.0) -> int:
@@ -146,8 +153,15 @@ class Transport(ABC):
     """Makes producers and consumers for one broker (or one in-process broker)."""
 
     @abstractmethod
-    def producer(self) -> Producer:
-        """Return a new producer (idempotent, acks=all where the transport has acks)."""
+    def producer(self, *, on_failure: FailureCallback | None = None) -> Producer:
+        """Return a new producer (idempotent, acks=all where the transport has acks).
+
+        With ``on_failure`` the producer reports failed records only, each to
+        ``on_failure`` (from ``poll``/``flush``/``close`` as usual), with topic, partition,
+        key and value but no headers; a successful delivery costs no callback at all.
+        ``produce`` then takes no ``on_delivery`` (ValueError). Count deliveries with
+        ``in_flight()``: what was produced, minus what is in flight, minus what failed.
+        """
 
     @abstractmethod
     def consumer(

@@ -100,6 +100,12 @@ def test_bad_config_raises_config_error():
         transport.consumer("g", ["t"])
 
 
+@pytest.mark.parametrize("key", ["delivery.report.only.error", "on_delivery"])
+def test_delivery_report_keys_are_managed_by_the_transport(key):
+    with pytest.raises(ConfigError, match=f"{key}: delivery reports are managed"):
+        KafkaTransport({"bootstrap.servers": "127.0.0.1:1", key: True})
+
+
 def test_full_local_queue_raises_queue_full_error():
     transport = KafkaTransport(
         {"bootstrap.servers": NOWHERE, "queue.buffering.max.messages": 1},

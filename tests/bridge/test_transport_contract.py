@@ -399,3 +399,33 @@ def test_lag_counts_records_behind_the_end(new_topic, producer, consumers):
     while consumer.lag() != 4:  # the end offsets arrive with fetch responses
         assert time.monotonic() < deadline, f"lag is {consumer.lag()}, expected 4"
         time.sleep(0.01)
+
+
+def test_failures_only_producer_reports_failures_and_nothing_else(transport, new_topic):
+    topic = new_topic()
+    failures: list[tuple[Exception, Record]] = []
+    producer = transport.producer(on_failure=lambda e, r: failures.append((e, r)))
+    try:
+        with pytest.raises(ValueError, match="no on_delivery"):
+            producer.produce(topic, b"x", on_delivery=lambda e, r: None)
+        for n in range(20):
+            producer.produce(topic, b"%d" % n, b"k", [("h", b"v")])
+        assert producer.flush(DEADLINE) == 0
+        assert producer.in_flight() == 0
+        assert failures == []  # delivered: no report at all
+        if isinstance(transport, MemoryTransport):
+            transport.broker.pause_delivery()  # Kafka: closing at once strands the record
+        producer.produce(topic, b"stranded", b"k2", [("h", b"v")])
+        assert producer.in_flight() == 1
+    finally:
+        producer.close(0)
+    [(error, record)] = failures
+    assert isinstance(error, TransportError)
+    assert (record.topic, record.offset, record.key, record.value) == (
+        topic,
+        -1,
+        b"k2",
+        b"stranded",
+    )
+    assert record.headers == ()  # failure reports of this producer carry no headers
+    assert producer.in_flight() == 0

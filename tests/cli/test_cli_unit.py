@@ -220,7 +220,7 @@ def test_metrics_and_health_read_the_bridge_at_scrape_time() -> None:
             assert 'eventbus_bridge_healthy{service="svc"} 1.0' in text
             for name in ("retries", "dead_lettered", "events_out_failed", "duplicates"):
                 assert f"eventbus_bridge_{name}_total" in text
-            assert "eventbus_bridge_delivery_latency_seconds" in text
+            assert "eventbus_bridge_in_flight" in text
         assert _get(base + "/healthz")[0] == 503  # stopped
         assert _get(base + "/nope")[0] == 404
     finally:
