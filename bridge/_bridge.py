@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
@@ -101,33 +101,31 @@ class DedupStore(Protocol):
 class _Dedup:
     """Remembers recent event ids for ``window`` seconds, at most ``size`` of them."""
 
-    __slots__ = ("_ids", "size", "window")
+    __slots__ = ("_ids", "_order", "size", "window")
 
     def __init__(self, window: float, size: int) -> None:
         self.window = window
         self.size = size
-        # Oldest first. Not a plain dict: after deletions at its front, finding a dict's
-        # first item takes time proportional to the deletions (OrderedDict: constant).
-        self._ids: OrderedDict[str, float] = OrderedDict()
+        self._ids: dict[str, float] = {}  # id -> when it was added
+        self._order: deque[tuple[float, str]] = deque()  # (when, id), oldest first
 
     def seen(self, event_id: str) -> bool:
         at = self._ids.get(event_id)
-        if at is None:
-            return False
-        if time.monotonic() - at < self.window:
-            return True
-        del self._ids[event_id]  # expired: added again as the newest if handled
-        return False
+        return at is not None and time.monotonic() - at < self.window
 
     def add(self, event_id: str) -> None:
-        ids = self._ids
-        # An id already here keeps its place: seen() removes expired ones first.
-        ids[event_id] = now = time.monotonic()
-        if len(ids) > self.size or len(ids) & 255 == 0:
-            # Evict beyond the size bound, and (checked now and then) past the window.
-            horizon = now - self.window
-            while ids and (len(ids) > self.size or next(iter(ids.values())) <= horizon):
-                ids.popitem(last=False)
+        now = time.monotonic()
+        self._ids[event_id] = now
+        order = self._order
+        order.append((now, event_id))
+        if len(order) > self.size or len(order) & 255 == 0:
+            # Evict beyond the size bound, and (checked now and then) past the window. An
+            # id added again has an older entry in the order too: only its last one counts.
+            ids, horizon = self._ids, now - self.window
+            while order and (len(order) > self.size or order[0][0] <= horizon):
+                at, old = order.popleft()
+                if ids.get(old) == at:
+                    del ids[old]
 
 
 class Bridge:
