@@ -42,7 +42,8 @@ def main(results_path: str, out_path: str) -> int:
     left.set_xticks(list(xs), labels)
     left.set_ylabel("thousand events / s")
     left.set_title("Throughput on a real broker (same run)")
-    left.legend(fontsize=8)
+    left.set_ylim(0, max(raw + bridge + same_work) * 1.45)  # room for the legend
+    left.legend(fontsize=8, loc="upper left")
     memory = results.get("memory")
     if memory:
         steps = [
@@ -52,7 +53,7 @@ def main(results_path: str, out_path: str) -> int:
         right.plot(steps, memory["rss_mb"], marker="o")
         right.set_xlabel("million events emitted")
         right.set_ylabel("RSS (MiB)")
-        right.set_ylim(bottom=0)
+        right.set_ylim(0, max(memory["rss_mb"]) * 1.25)
         right.set_title("Memory while emitting through the bridge")
     fig.tight_layout()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
