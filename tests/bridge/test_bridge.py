@@ -19,6 +19,7 @@ import pytest
 from bridge import (
     Bridge,
     ConfigError,
+    DeliveryError,
     KafkaTransport,
     MemoryTransport,
     MsgpackCodec,
@@ -447,6 +448,31 @@ def test_delivery_failures_are_reported(tp: Names, memory: MemoryTransport) -> N
         wait_for(lambda: b.stats.produced == 2)
     assert len(failures) == 1 and "not delivered" in str(failures[0])
     assert b.stats.delivery_failed == 1 and b.stats.delivered == 1
+
+
+def test_failure_reports_carry_key_and_value_and_stats_count_in_flight(
+    tp: Names, memory: MemoryTransport
+) -> None:
+    bus = EventBus()
+    failures: list[DeliveryError] = []
+    with make_bridge(
+        bus,
+        memory,
+        "svc",
+        Route.outbound("a.*", topic=tp.t, key="k"),
+        on_delivery_failure=failures.append,
+    ) as b:
+        memory.broker.pause_delivery()  # an outage: records wait in the producer
+        bus.emit("a.b", k="one", n=1)
+        bus.emit("a.b", k="two", n=2)
+        assert (b.stats.in_flight, b.stats.produced, b.stats.delivered) == (2, 0, 0)
+        memory.broker.fail_next(1)
+        memory.broker.resume_delivery()
+        wait_for(lambda: b.stats.produced == 2)
+        assert (b.stats.in_flight, b.stats.delivered, b.stats.delivery_failed) == (0, 1, 1)
+    [failure] = failures
+    assert failure.record.key == b"one" and msgpack.unpackb(failure.record.value)["n"] == 1
+    assert failure.record.offset == -1
 
 
 def test_handler_exceptions_never_kill_the_consumer(tp: Names, transport: Transport) -> None:
