@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bridge._errors import TransportError
+from bridge._kafka import KafkaTransport
 from bridge._memory import MemoryTransport
 from bridge._transport import Consumer, Producer, Record, Transport
 
@@ -413,19 +414,25 @@ def test_failures_only_producer_reports_failures_and_nothing_else(transport, new
         assert producer.flush(DEADLINE) == 0
         assert producer.in_flight() == 0
         assert failures == []  # delivered: no report at all
-        if isinstance(transport, MemoryTransport):
-            transport.broker.pause_delivery()  # Kafka: closing at once strands the record
-        producer.produce(topic, b"stranded", b"k2", [("h", b"v")])
-        assert producer.in_flight() == 1
     finally:
-        producer.close(0)
+        producer.close(DEADLINE)
+
+    # A record that cannot be delivered: injected (memory), no broker to take it (Kafka).
+    if isinstance(transport, MemoryTransport):
+        transport.broker.fail_next(1)
+        failing = transport.producer(on_failure=lambda e, r: failures.append((e, r)))
+    else:
+        unreachable = KafkaTransport(
+            {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 200}
+        )
+        failing = unreachable.producer(on_failure=lambda e, r: failures.append((e, r)))
+    try:
+        failing.produce(topic, b"lost", b"k2", [("h", b"v")])
+        assert failing.flush(DEADLINE) == 0
+    finally:
+        failing.close(DEADLINE)
     [(error, record)] = failures
     assert isinstance(error, TransportError)
-    assert (record.topic, record.offset, record.key, record.value) == (
-        topic,
-        -1,
-        b"k2",
-        b"stranded",
-    )
+    assert (record.topic, record.offset, record.key, record.value) == (topic, -1, b"k2", b"lost")
     assert record.headers == ()  # failure reports of this producer carry no headers
-    assert producer.in_flight() == 0
+    assert failing.in_flight() == 0
