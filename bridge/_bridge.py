@@ -29,7 +29,7 @@ from eventbus import (
 )
 
 from ._codec import MsgpackCodec
-from ._envelope import DLQ_PREFIX, Envelope, HeaderBuilder, envelope_of, trace_context
+from ._envelope import DLQ_PREFIX, Envelope, HeaderBuilder, read_envelope, trace_context
 from ._errors import (
     ConfigError,
     DecodeError,
@@ -521,7 +521,7 @@ class Bridge:
         This runs per inbound record: the common path makes as few calls as it can.
         """
         try:
-            envelope = envelope_of(dict(record.headers))  # a repeated header: the last wins
+            envelope = read_envelope(record)
             event_id, source, name, at, origin, traceparent, _ = envelope
             if origin == self.id:
                 self._stats.echoes += 1

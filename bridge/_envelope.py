@@ -145,9 +145,46 @@ _decoded: dict[bytes, str] = {}
 _CACHE_LIMIT = 10_000
 
 
+# The headers a bridge writes (no trace context): these seven in this order. The records
+# of one producer differ only in ce_id and ce_time, so the other five (name, value) pairs
+# are checked once and then found here: (source, type, origin).
+_LAYOUT = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type", ORIGIN)
+_layouts: dict[tuple[tuple[str, bytes], ...], tuple[str, str, str | None]] = {}
+
+
 def read_envelope(record: Record) -> Envelope:
     """Read and check the CloudEvents headers of a record; DecodeError if they are wrong."""
-    return envelope_of(dict(record.headers))  # the last value of a repeated header wins
+    headers = record.headers
+    if len(headers) == 7:
+        try:
+            known = _layouts.get((headers[0], headers[2], headers[3], headers[5], headers[6]))
+        except TypeError:  # an unhashable header: the full check says what is wrong
+            known = None
+        if known is not None:
+            id_name, raw_id = headers[1]
+            time_name, raw_time = headers[4]
+            if (
+                id_name == "ce_id"
+                and time_name == "ce_time"
+                and type(raw_id) is bytes
+                and raw_id
+                and type(raw_time) is bytes
+            ):
+                try:
+                    ce_id = raw_id.decode()
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    source, ce_type, origin = known
+                    at = raw_time.decode(errors="replace")
+                    return _new_envelope(Envelope, (ce_id, source, ce_type, at, origin, None, None))
+    envelope = envelope_of(dict(headers))  # the last value of a repeated header wins
+    if len(headers) == 7 and tuple(name for name, _ in headers) == _LAYOUT:
+        if len(_layouts) >= _CACHE_LIMIT:  # producers come and go (each has an origin)
+            _layouts.clear()
+        static = (headers[0], headers[2], headers[3], headers[5], headers[6])
+        _layouts[static] = (envelope.source, envelope.type, envelope.origin)
+    return envelope
 
 
 _USUAL_CONTENT_TYPES = ACCEPTED_CONTENT_TYPES | {None}
