@@ -86,19 +86,20 @@ class Clock:
         return b"%s.%06dZ" % (self._prefix, micros)
 
 
+# The headers a bridge writes, in this order, then the trace context when there is one.
+_LAYOUT = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type", ORIGIN)
+
+
 class HeaderBuilder:
     """Builds the headers of outbound records for one bridge."""
 
-    __slots__ = ("_clock", "_fixed_tail", "_source", "_templates")
+    __slots__ = ("_clock", "_origin", "_source", "_templates")
 
     def __init__(self, service: str, origin: str) -> None:
         self._clock = Clock()
         self._source = service.encode()
+        self._origin = origin.encode()
         self._templates: dict[str, list[tuple[str, bytes]]] = {}
-        self._fixed_tail = (
-            ("content-type", CONTENT_TYPE.encode()),
-            (ORIGIN, origin.encode()),
-        )
 
     def build(self, name: str) -> list[tuple[str, bytes]]:
         """Return the headers of a new event of type ``name`` (with a new ``ce_id``)."""
@@ -116,14 +117,16 @@ class HeaderBuilder:
         return headers
 
     def _template(self, name: str) -> list[tuple[str, bytes]]:
-        return [
-            ("ce_specversion", SPECVERSION),
-            ("ce_id", b""),
-            ("ce_source", self._source),
-            ("ce_type", name.encode()),
-            ("ce_time", b""),
-            *self._fixed_tail,
-        ]
+        values = (
+            SPECVERSION,
+            b"",
+            self._source,
+            name.encode(),
+            b"",
+            CONTENT_TYPE.encode(),
+            self._origin,
+        )
+        return list(zip(_LAYOUT, values, strict=True))
 
 
 class Envelope(NamedTuple):
@@ -145,10 +148,9 @@ _decoded: dict[bytes, str] = {}
 _CACHE_LIMIT = 10_000
 
 
-# The headers a bridge writes (no trace context): these seven in this order. The records
-# of one producer differ only in ce_id and ce_time, so the other five (name, value) pairs
-# are checked once and then found here: (source, type, origin).
-_LAYOUT = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type", ORIGIN)
+# The records of one producer differ only in ce_id and ce_time (positions 1 and 4 of
+# _LAYOUT), so the other five (name, value) pairs are checked once and then found here:
+# (source, type, origin).
 _layouts: dict[tuple[tuple[str, bytes], ...], tuple[str, str, str | None]] = {}
 
 
