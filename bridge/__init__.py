@@ -5,7 +5,7 @@ through confluent-kafka, ``MemoryTransport`` is an in-process broker for tests. 
 wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 """
 
-from ._bridge import Bridge, DeliveryFailureCallback, Remote, Stats
+from ._bridge import Bridge
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
 from ._dedup import SqliteDedup
@@ -22,8 +22,11 @@ from ._errors import (
 )
 from ._kafka import KafkaTransport
 from ._memory import MemoryTransport
+from ._outbound import DeliveryFailureCallback
 from ._outbox import Outbox
+from ._remote import Remote
 from ._routes import Route
+from ._stats import Stats
 from ._transport import Consumer, Producer, Record, Transport
 
 __all__ = [
