@@ -90,9 +90,7 @@ def test_per_key_order_holds_under_random_handler_latencies(
                 out.emit("acct.moved", acct=acct, seq=seq)
         wait_for(lambda: track.total() == 360, timeout=30, what="360 events handled")
         wait_for(lambda: b.stats.handled == 360, what="the counters")
-    assert track.seen == {
-        acct: list(range(30)) for acct in range(12)
-    }
+    assert track.seen == {acct: list(range(30)) for acct in range(12)}
     assert not track.overlap_within_key
     assert track.most > 1  # different keys did run in parallel
 
@@ -152,9 +150,7 @@ def test_retries_and_dead_letters_of_one_key_do_not_hold_back_other_keys(
 
     route = Route.inbound("pay.*", topic=topic)
     with (
-        bridge(
-            inbound, transport, "pay", route, concurrency=4, max_attempts=3, backoff=0.5
-        ) as b,
+        bridge(inbound, transport, "pay", route, concurrency=4, max_attempts=3, backoff=0.5) as b,
         bridge(out, transport, "api", Route.outbound("pay.*", topic=topic, key="who")),
     ):
         out.emit("pay.made", who="bad", n=0)
