@@ -49,6 +49,8 @@ Outcome: TypeAlias = int | DeadLetter
 _COUNTERS = ("handled", "echoes", "unrouted", "duplicates", "dead_lettered")
 
 Partition: TypeAlias = tuple[str, int]
+PAUSE_AFTER = 1.0
+"""Seconds the handlers may keep the scheduler full before fetching is paused."""
 _Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote]
 _new_remote = tuple.__new__
 
@@ -388,8 +390,8 @@ class KeyScheduler:
     waits behind the earlier records of its key (its Kafka key within its partition, or
     its partition when it has none). Workers hand finished records back through a
     queue; the consumer thread moves each partition's watermark (the offset below which
-    every record is done) and stores it. Fetching pauses while more than
-    ``concurrency + batch_size`` records are taken and not done, and resumes at half.
+    every record is done) and stores it. At most ``concurrency + batch_size`` records
+    are taken and not done at a time (see ``fetch``).
     """
 
     def __init__(
@@ -408,6 +410,7 @@ class KeyScheduler:
         self._wake = threading.Event()  # a record finished
         self._taken = 0  # records submitted and not settled (consumer thread only)
         self._paused: set[Partition] = set()
+        self._full_since: float | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopped: asyncio.Event | None = None
         if loop is not None:
@@ -420,23 +423,40 @@ class KeyScheduler:
     # -- the consumer thread's side ------------------------------------------------------
 
     def fetch(self, consumer: Consumer, batch_size: int) -> list[Record]:
-        """Settle finished records; pause or resume fetching; return the next batch."""
+        """Settle finished records; return the next records, as many as there is room for.
+
+        When ``concurrency + batch_size`` records are taken and not done, wait for one to
+        finish (a condition, not a sleep). librdkafka keeps prefetching meanwhile, within
+        its own bounds (``queued.max.messages.kbytes``). If the handlers stay that busy
+        for ``PAUSE_AFTER`` seconds, pause the partitions (which drops librdkafka's
+        prefetched records, and costs up to ``fetch.wait.max.ms`` when resumed) and keep
+        polling for rebalances and liveness; resume at half.
+        """
         self.settle()
-        if self._taken >= self.high:
+        room = self.high - self._taken
+        if room <= 0:
+            now = time.monotonic()
+            if self._full_since is None:
+                self._full_since = now
+            if now - self._full_since < PAUSE_AFTER and not self._paused:
+                self._wake.wait(PAUSE_AFTER - (now - self._full_since))
+                self._wake.clear()
+                return []
             missing = [tp for tp in consumer.assignment() if tp not in self._paused]
             if missing:
                 consumer.pause(missing)
                 self._paused.update(missing)
-            self._wake.wait(0.1)  # until a record finishes: no blind sleep
+            self._wake.wait(0.1)
             self._wake.clear()
             # Keep the poll cadence (rebalances, liveness). Partitions assigned inside this
             # call are not paused yet: what it returns of them is handled, not dropped.
             return consumer.consume(batch_size, 0)
+        self._full_since = None
         if self._paused and self._taken <= self.high // 2:
             assigned = set(consumer.assignment())
             consumer.resume([tp for tp in self._paused if tp in assigned])
             self._paused.clear()
-        return consumer.consume(batch_size, 0.1 if not self._taken else 0.02)
+        return consumer.consume(min(batch_size, room), 0.1 if not self._taken else 0.01)
 
     def submit(self, records: list[Record]) -> None:
         """Queue records behind their keys; start a worker for each key that was idle."""
