@@ -262,6 +262,9 @@ class Inbound:
             return self._dead_letter(
                 record, route, f"invalid payload: {exc}", "PayloadError", None, 0
             )
+        if not failures:
+            self.dedup.add(envelope.id)
+            return HANDLED
         attempts = 1
         delay = self.backoff
         while failures and attempts < self.max_attempts:
