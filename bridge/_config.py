@@ -97,6 +97,33 @@ def _text_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a text such as ``"10s"``, ``"1m"``, ``"1.5h"``, ``"500ms"``
+    or ``"30"`` (seconds); ValueError for anything else, or a negative duration."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        unit = next((u for u in ("ms", "s", "m", "h", "d") if text.endswith(u)), "")
+        number = text[: len(text) - len(unit)].strip()
+        try:
+            seconds = float(number) * _UNITS.get(unit, 1.0)
+        except ValueError:
+            raise ValueError(
+                f"not a duration: {value!r} (a number of seconds, or e.g. '10s', '1m', '2h')"
+            ) from None
+    else:
+        raise ValueError(f"not a duration: {value!r}")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"not a duration: {value!r} (must be finite and not negative)")
+    return seconds
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

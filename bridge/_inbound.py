@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from eventbus import EventBus, HandlerFailure, PayloadError
 
@@ -24,6 +24,7 @@ from ._dedup import DedupStore
 from ._envelope import Envelope, read_envelope, trace_context
 from ._errors import DecodeError
 from ._remote import Remote
+from ._rerun import RERUN_ID, RerunError, read_rerun
 from ._routes import Route
 from ._stats import Stats
 from ._transport import Consumer, Record
@@ -143,7 +144,7 @@ class Inbound:
     def _unexpected(self, record: Record, exc: Exception) -> bool:
         log.exception("bridge %s: unexpected error on %s", self.service, where(record))
         reason = f"unexpected error: {exc!r}"
-        return self._dead_letter(record, None, reason, type(exc).__name__, None, 0)
+        return self._dead_letter(record, None, reason, type(exc).__name__, (), 0)
 
     def _process(self, record: Record) -> bool:
         """Process one record to the end; True when its offset may be stored.
@@ -161,7 +162,7 @@ class Inbound:
             value = record.value
             payload = self.codec.decode(value if value is not None else b"")
         except DecodeError as exc:
-            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", None, 0)
+            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", (), 0)
         topic = record.topic
         route = self._cache.get((topic, name))
         if route is None and (topic, name) not in self._cache:
@@ -170,8 +171,10 @@ class Inbound:
             self._stats.unrouted += 1
             if self.unrouted == "dlq":
                 reason = f"no inbound route for type {name!r} on this topic"
-                return self._dead_letter(record, None, reason, "unrouted", None, 0)
+                return self._dead_letter(record, None, reason, "unrouted", (), 0)
             return True
+        if record.headers[-1][0] == RERUN_ID:  # a replay or a delayed retry (_rerun)
+            return self._rerun(record, route, envelope, payload)
         dedup = self.dedup
         if dedup.seen(event_id):
             self._stats.duplicates += 1
@@ -187,11 +190,68 @@ class Inbound:
                     failures = self.bus.dispatch(name, sender, payload)
         except PayloadError as exc:
             return self._dead_letter(
-                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+                record, route, f"invalid payload: {exc}", "PayloadError", (), 0
             )
         if failures and not self._retry_or_dead_letter(record, route, envelope, failures):
             return False
         dedup.add(event_id)
+        self._stats.handled += 1
+        return True
+
+    def _rerun(self, record: Record, route: Route, envelope: Envelope, payload: Any) -> bool:
+        """A record sent again for this service's handlers that failed: run only those.
+
+        Skipped by other services; deduplicated by its own id (``_rerun``)."""
+        try:
+            rerun = read_rerun(record.headers)
+        except RerunError as exc:
+            return self._dead_letter(record, route, f"bad rerun headers: {exc}", "rerun", (), 0)
+        if rerun.service != self.service:
+            self._stats.duplicates += 1  # another service's handlers failed, not ours
+            return True
+        key = f"{envelope.id}#{rerun.id}"
+        if self.dedup.seen(key):
+            self._stats.duplicates += 1
+            return True
+        handlers = rerun.handlers
+        if handlers is not None:
+            present = handlers.intersection(self.bus.handler_names(envelope.type))
+            if not present:
+                names = ", ".join(sorted(handlers))
+                reason = f"none of the handlers to rerun is subscribed: {names}"
+                return self._dead_letter(record, route, reason, "rerun", (), 0)
+            if len(present) < len(handlers):
+                log.warning(
+                    "bridge %s: rerun of %s: handler(s) no longer subscribed: %s",
+                    self.service,
+                    where(record),
+                    ", ".join(sorted(handlers - present)),
+                )
+            handlers = frozenset(present)
+        sender = _new_remote(
+            Remote,
+            (
+                envelope.source,
+                envelope.id,
+                envelope.time,
+                record.topic,
+                record.partition,
+                record.offset,
+                self.bridge_id,
+            ),
+        )
+        try:
+            if envelope.traceparent is None:
+                failures = self.bus.dispatch(envelope.type, sender, payload, handlers=handlers)
+            else:
+                with trace_context(envelope.traceparent, envelope.tracestate):
+                    failures = self.bus.dispatch(envelope.type, sender, payload, handlers=handlers)
+        except PayloadError as exc:
+            reason = f"invalid payload: {exc}"
+            return self._dead_letter(record, route, reason, "PayloadError", (), 0)
+        if failures and not self._retry_or_dead_letter(record, route, envelope, failures):
+            return False
+        self.dedup.add(key)
         self._stats.handled += 1
         return True
 
@@ -226,7 +286,7 @@ class Inbound:
         first = failures[0]
         reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"
         return self._dead_letter(
-            record, route, reason, type(first.exception).__name__, first, attempts
+            record, route, reason, type(first.exception).__name__, failures, attempts
         )
 
     def _dead_letter(
@@ -235,7 +295,7 @@ class Inbound:
         route: Route | None,
         reason: str,
         error: str,
-        failure: HandlerFailure | None,
+        failures: Sequence[HandlerFailure],
         attempts: int,
     ) -> bool:
         """Produce ``record`` with the reason to the dead-letter topic, without waiting.
@@ -246,7 +306,7 @@ class Inbound:
         if route is None:
             route = next((r for r in self.routes if r.topic == record.topic), None)
         topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
-        letter = self.dead_letters.letter(record, topic, reason, error, failure, attempts)
+        letter = self.dead_letters.letter(record, topic, reason, error, failures, attempts)
         self._letters.append(letter)
         return True
 

@@ -348,6 +348,7 @@ class _KafkaConsumer(Consumer):
         self._on_revoke = on_revoke
         self._start_timeout = start_timeout
         self._assigned: set[tuple[str, int]] = set()
+        self._starts: dict[tuple[str, int], int] = {}
         self._ready = False
         self._closed = False
         self._consumer.subscribe(
@@ -365,6 +366,8 @@ class _KafkaConsumer(Consumer):
         consumer.incremental_assign(partitions)
         gained = [(tp.topic, tp.partition) for tp in partitions]
         self._assigned.update(gained)
+        for tp in partitions:
+            self._starts[(tp.topic, tp.partition)] = tp.offset
         if self._on_assign is not None:
             self._on_assign(gained)
         self._ready = True
@@ -505,6 +508,52 @@ class _KafkaConsumer(Consumer):
 
     def assignment(self) -> list[tuple[str, int]]:
         return sorted(self._assigned)
+
+    def position(self, topic: str, partition: int) -> int | None:
+        if (topic, partition) not in self._assigned:
+            return None
+        try:
+            [tp] = self._consumer.position([TopicPartition(topic, partition)])
+        except (KafkaException, RuntimeError) as exc:
+            raise TransportError(
+                f"cannot read the position of {topic}[{partition}]: {exc}"
+            ) from exc
+        # Nothing returned yet: the start fixed at assignment (or by the last pause).
+        return int(tp.offset) if tp.offset >= 0 else self._starts.get((topic, partition))
+
+    def watermarks(self, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
+        try:
+            marks = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=max(timeout, 0.001), cached=False
+            )
+        except KafkaException as exc:
+            raise _translate(exc, f"cannot read the offsets of {topic}[{partition}]") from exc
+        except RuntimeError as exc:  # the consumer was closed
+            raise TransportError(f"cannot read the offsets of {topic}[{partition}]: {exc}") from exc
+        if marks is None:
+            raise TransportError(f"no offsets of {topic}[{partition}] within {timeout:g} s")
+        return int(marks[0]), int(marks[1])
+
+    def pause(self, record: Record) -> None:
+        tp = TopicPartition(record.topic, record.partition, record.offset)
+        try:
+            self._consumer.pause([tp])
+            # Drops what was fetched after the record; after resume, fetching restarts here.
+            self._consumer.seek(tp)
+        except KafkaException as exc:
+            # Revoked meanwhile: nothing from the record on was stored, so the new owner
+            # reads it again; at-least-once holds.
+            log.debug("not pausing %s[%d]: %s", record.topic, record.partition, exc)
+            return
+        self._starts[(record.topic, record.partition)] = record.offset
+
+    def resume(self, topic: str, partition: int) -> None:
+        if (topic, partition) not in self._assigned:
+            return
+        try:
+            self._consumer.resume([TopicPartition(topic, partition)])
+        except KafkaException as exc:
+            log.debug("not resuming %s[%d]: %s", topic, partition, exc)
 
     def close(self) -> None:
         if self._closed:

@@ -336,6 +336,7 @@ class _MemoryConsumer(Consumer):
         self._target: frozenset[TopicPartition] = frozenset()  # set by the broker
         self._positions: dict[TopicPartition, int] = {}  # the assignment, next offsets
         self._stored: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
         self._turn = 0
         self._ready = False
         self._closed = False
@@ -360,6 +361,7 @@ class _MemoryConsumer(Consumer):
                 self._commit_locked(revoked)
                 for tp in revoked:
                     del self._positions[tp]
+                    self._paused.discard(tp)
         if revoked and self._on_revoke is not None:
             self._on_revoke(revoked)
         with self._cond:
@@ -387,6 +389,8 @@ class _MemoryConsumer(Consumer):
         assigned = list(self._positions)
         for i in range(len(assigned)):
             tp = assigned[(self._turn + i) % len(assigned)]
+            if tp in self._paused:
+                continue
             position = self._positions[tp]
             log = self._broker._logs[tp[0]][tp[1]]
             if position < len(log):
@@ -438,6 +442,29 @@ class _MemoryConsumer(Consumer):
 
     def assignment(self) -> list[TopicPartition]:
         return sorted(self._positions)
+
+    def position(self, topic: str, partition: int) -> int | None:
+        with self._cond:
+            return self._positions.get((topic, partition))
+
+    def watermarks(self, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
+        with self._cond:
+            logs = self._broker._logs.get(topic)
+            if logs is None or not 0 <= partition < len(logs):
+                raise TransportError(f"unknown partition {topic}[{partition}]")
+            return 0, len(logs[partition])
+
+    def pause(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        with self._cond:
+            if tp in self._positions:
+                self._positions[tp] = record.offset
+                self._paused.add(tp)
+
+    def resume(self, topic: str, partition: int) -> None:
+        with self._cond:
+            self._paused.discard((topic, partition))
+            self._cond.notify_all()
 
     def close(self) -> None:
         if self._closed:

@@ -145,6 +145,29 @@ class Consumer(ABC):
         """The ``(topic, partition)`` pairs assigned to this member now."""
 
     @abstractmethod
+    def position(self, topic: str, partition: int) -> int | None:
+        """The offset of the next record this member returns from an assigned partition
+        (after the last one returned, else its start); None when it is not assigned."""
+
+    @abstractmethod
+    def watermarks(self, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
+        """The partition's first offset and the offset its next record will get, from the
+        broker (any partition, assigned or not). ``TransportError`` after ``timeout``."""
+
+    @abstractmethod
+    def pause(self, record: Record) -> None:
+        """Stop returning records of ``record``'s partition, and rewind it to ``record``:
+        after ``resume`` it comes again, then the ones after it. Records of the partition
+        already returned in the same batch after ``record`` come again too. A partition
+        that is revoked and assigned again is no longer paused (it restarts at its
+        committed offset)."""
+
+    @abstractmethod
+    def resume(self, topic: str, partition: int) -> None:
+        """Return records of a partition paused by ``pause`` again. A no-op for a partition
+        that is not paused or no longer assigned."""
+
+    @abstractmethod
     def close(self) -> None:
         """Commit stored offsets, leave the group, release the consumer. Idempotent."""
 
