@@ -27,12 +27,15 @@ log = logging.getLogger("bridge")
 class DeadLetter:
     """A record on its way to a dead-letter topic, and the outcome of its delivery."""
 
-    __slots__ = ("delivered", "error", "headers", "record", "topic")
+    __slots__ = ("counted", "delivered", "error", "headers", "record", "topic")
 
-    def __init__(self, record: Record, topic: str, headers: list[tuple[str, bytes]]) -> None:
+    def __init__(
+        self, record: Record, topic: str, headers: list[tuple[str, bytes]], counted: bool = True
+    ) -> None:
         self.record = record
         self.topic = topic
         self.headers = headers
+        self.counted = counted  # a dead letter; False: a record on its way to a retry topic
         self.delivered = threading.Event()
         self.error: Exception | None = None
 
@@ -124,6 +127,13 @@ class DeadLetters:
         self._send(letter)
         return letter
 
+    def forward(self, record: Record, topic: str, headers: list[tuple[str, bytes]]) -> DeadLetter:
+        """Produce ``record`` with ``headers`` to ``topic`` (a retry topic), without waiting;
+        confirmed with the dead letters, not counted as one."""
+        letter = DeadLetter(record, topic, headers, counted=False)
+        self._send(letter)
+        return letter
+
     def _producer_now(self) -> Producer:
         with self._lock:
             if self._producer is None:
@@ -147,17 +157,22 @@ class DeadLetters:
     def confirm(self, letters: list[DeadLetter]) -> tuple[int, set[tuple[str, int]]]:
         """Wait until ``letters`` are delivered, resending failed ones with backoff.
 
-        Returns how many were delivered, and the partitions whose dead letters could not
-        be confirmed because the bridge is stopping: their offsets must not be stored
-        (the records come again).
+        Returns how many dead letters were delivered (records forwarded to a retry topic
+        are confirmed the same way, and not counted), and the partitions whose letters
+        could not be confirmed because the bridge is stopping: their offsets must not be
+        stored (the records come again).
         """
         producer = self._producer_now()
         delivered = 0
         delay = self.backoff
         while letters:
             producer.flush(self.drain_timeout)
-            failed = [letter for letter in letters if not letter.wait(self.drain_timeout)]
-            delivered += len(letters) - len(failed)
+            failed = []
+            for letter in letters:
+                if letter.wait(self.drain_timeout):
+                    delivered += letter.counted
+                else:
+                    failed.append(letter)
             if not failed:
                 break
             log.error(

@@ -38,6 +38,7 @@ from ._envelope import DLQ_PREFIX, Envelope, read_envelope, trace_context
 from ._errors import DecodeError, TransportError
 from ._remote import Remote
 from ._rerun import rerun_headers, without_rerun
+from ._retry_topics import RETRY_PREFIX
 from ._transport import Consumer, Record, Transport
 
 log = logging.getLogger("bridge.dlq")
@@ -526,7 +527,11 @@ class _Sender:
             return
         rerun_id = f"replay:{record.topic}/{record.partition}/{record.offset}"
         handlers = list(info.handlers) if info.handlers else None
-        headers = [h for h in without_rerun(record.headers) if not h[0].startswith(DLQ_PREFIX)]
+        headers = [
+            h
+            for h in without_rerun(record.headers)
+            if not h[0].startswith((DLQ_PREFIX, RETRY_PREFIX))
+        ]
         headers += rerun_headers(info.service, handlers, rerun_id)
         self.state.replayed += 1
         if self._producer is None:

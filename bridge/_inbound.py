@@ -25,6 +25,7 @@ from ._envelope import Envelope, read_envelope, trace_context
 from ._errors import DecodeError
 from ._remote import Remote
 from ._rerun import RERUN_ID, RerunError, read_rerun
+from ._retry_topics import HELD, Held, RetryTopics
 from ._routes import Route
 from ._stats import Stats
 from ._transport import Consumer, Record
@@ -55,6 +56,7 @@ class Inbound:
         unrouted: Literal["skip", "dlq"],
         batch_size: int,
         stopping: threading.Event,
+        retry_topics: RetryTopics | None = None,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -70,6 +72,7 @@ class Inbound:
         self.max_backoff = max_backoff
         self.unrouted = unrouted
         self.batch_size = batch_size
+        self.retries = retry_topics  # delayed retry topics (_retry_topics), if any route has them
         self._cache: dict[tuple[str, str], Route | None] = {}
         self._letters: list[DeadLetter] = []  # produced, not yet confirmed
         self._thread: threading.Thread | None = None
@@ -102,6 +105,8 @@ class Inbound:
                     self.ready.set()
                 if records:
                     self._handle_batch(records)
+                if self.retries is not None and self.retries.paused:
+                    self.retries.resume_due(self)
                 now = time.monotonic()
                 if now >= lag_due and self.ready.is_set():
                     self._stats.consumer_lag = consumer.lag()
@@ -117,9 +122,12 @@ class Inbound:
         stopping = self.stopping
         process = self._process
         received = 0
+        held: set[tuple[str, int]] = set()
         for record in records:
             if stopping.is_set():
                 break  # this record and the rest are redelivered
+            if held and (record.topic, record.partition) in held:
+                continue  # its retry partition was paused at an earlier record: comes again
             received += 1
             try:
                 finished = process(record)
@@ -127,6 +135,10 @@ class Inbound:
                 finished = self._unexpected(record, exc)
             if not finished:
                 break  # stopping before the record was done: it is redelivered
+            if finished is HELD:  # a retry not due yet: paused at it, it comes again
+                received -= 1
+                held.add((record.topic, record.partition))
+                continue
             done[(record.topic, record.partition)] = record
         self._stats.received += received
         unconfirmed: set[tuple[str, int]] = set()
@@ -146,11 +158,12 @@ class Inbound:
         reason = f"unexpected error: {exc!r}"
         return self._dead_letter(record, None, reason, type(exc).__name__, (), 0)
 
-    def _process(self, record: Record) -> bool:
+    def _process(self, record: Record) -> bool | Held:
         """Process one record to the end; True when its offset may be stored.
 
         Never raises for bad input: a record is handled, skipped or dead-lettered. False
-        only when the bridge stops before the record was done (it is redelivered).
+        only when the bridge stops before the record was done (it is redelivered);
+        ``HELD`` for a delayed retry that is not due (its partition is paused at it).
         This runs per inbound record: the common path makes as few calls as it can.
         """
         try:
@@ -168,6 +181,9 @@ class Inbound:
         if route is None and (topic, name) not in self._cache:
             route = self._route_of(topic, name)
         if route is None:
+            retries = self.retries
+            if retries is not None and (retrying := retries.route_of(topic)) is not None:
+                return retries.handle(self, record, retrying, envelope, payload)
             self._stats.unrouted += 1
             if self.unrouted == "dlq":
                 reason = f"no inbound route for type {name!r} on this topic"
@@ -285,6 +301,8 @@ class Inbound:
             return True
         first = failures[0]
         reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"
+        if route.retry_delays and self.retries is not None:  # later, on a retry topic
+            return self.retries.schedule(self, record, route, failures, reason)
         return self._dead_letter(
             record, route, reason, type(first.exception).__name__, failures, attempts
         )
@@ -305,6 +323,8 @@ class Inbound:
         """
         if route is None:
             route = next((r for r in self.routes if r.topic == record.topic), None)
+            if route is None and self.retries is not None:
+                route = self.retries.route_of(record.topic)
         topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
         letter = self.dead_letters.letter(record, topic, reason, error, failures, attempts)
         self._letters.append(letter)

@@ -36,6 +36,17 @@ COUNTERS = (
         "dead_lettered",
         "Records sent to a dead-letter topic (failed handlers, undecodable, unrouted).",
     ),
+    (
+        "eventbus_bridge_retries_scheduled",
+        "retries_scheduled",
+        "Records sent to a delayed retry topic.",
+    ),
+    ("eventbus_bridge_retries_due", "retries_due", "Delayed retries that came due and ran."),
+    (
+        "eventbus_bridge_retries_handled",
+        "retries_handled",
+        "Delayed retries whose handlers all succeeded.",
+    ),
     ("eventbus_bridge_duplicates", "duplicates", "Inbound events dropped as duplicates."),
     ("eventbus_bridge_echoes", "echoes", "Inbound records skipped as this bridge's own."),
     ("eventbus_bridge_unrouted", "unrouted", "Inbound records of a type no route names."),

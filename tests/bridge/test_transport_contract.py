@@ -436,3 +436,44 @@ def test_failures_only_producer_reports_failures_and_nothing_else(transport, new
     assert (record.topic, record.offset, record.key, record.value) == (topic, -1, b"k2", b"lost")
     assert record.headers == ()  # failure reports of this producer carry no headers
     assert failing.in_flight() == 0
+
+
+def test_position_and_watermarks(new_topic, producer, consumers):
+    topic, group = new_topic(2), group_id()
+    keys = keys_per_partition(producer, topic, 2)
+    consumer = consumers(group, [topic], from_beginning=True)
+    early: list[Record] = []
+    ready(consumer, records=early)
+    ends = {p: consumer.watermarks(topic, p, DEADLINE)[1] for p in (0, 1)}
+    assert all(consumer.watermarks(topic, p, DEADLINE)[0] == 0 for p in (0, 1))
+    assert sum(ends.values()) >= 2
+    assert consumer.position(topic, 0) is not None
+    assert consumer.position("no-such-topic", 0) is None
+    records = read_until(
+        consumer, lambda rs: len(early + rs) >= sum(ends.values()), "every probe"
+    )
+    for p in (0, 1):
+        assert consumer.position(topic, p) == ends[p]
+    produce_all(producer, topic, [(keys[1], b"more")])
+    assert consumer.watermarks(topic, 1, DEADLINE)[1] == ends[1] + 1
+    assert len(early + records) == sum(ends.values())
+    with pytest.raises(TransportError):
+        consumer.watermarks(topic, 7, 2.0)
+
+
+def test_pause_rewinds_to_the_record_and_resume_returns_it_again(new_topic, producer, consumers):
+    topic, group = new_topic(2), group_id()
+    keys = keys_per_partition(producer, topic, 2)
+    consumer = consumers(group, [topic])
+    ready(consumer)
+    produce_all(producer, topic, [(keys[0], b"a0"), (keys[0], b"b0"), (keys[0], b"c0")])
+    first = read_until(consumer, lambda rs: len(rs) >= 2, "a0, b0")
+    assert values(first[:2]) == [b"a0", b"b0"]
+    consumer.pause(first[1])  # b0 (and c0, if fetched) come again after resume
+    produce_all(producer, topic, [(keys[1], b"x1"), (keys[0], b"d0"), (keys[1], b"end1")])
+    other = read_until(consumer, lambda rs: b"end1" in values(rs), "partition 1 while 0 is paused")
+    assert [v for v in values(other) if v.endswith(b"0")] == []  # partition 0 waits
+    consumer.resume(topic, 0)
+    consumer.resume(topic, 0)  # a no-op when not paused
+    again = read_until(consumer, lambda rs: b"d0" in values(rs), "partition 0 after resume")
+    assert values(again) == [b"b0", b"c0", b"d0"]
