@@ -213,7 +213,7 @@ BRIDGE_CONSTRUCTOR_KEYS = (
     "outbox_max_events",
     "dedup_path",
 )
-ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq")
+ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq", "retry_delays", "retry_topic")
 SECTIONS = ("bridge", "kafka", "route")
 
 
@@ -305,6 +305,8 @@ def describe_route(route: Route) -> str:
         text += f" (key {route.key})"
     if route.is_inbound:
         text += f" (dead letters to {route.dead_letter_topic})"
+    if route.retry_topics:
+        text += f" (retries via {', '.join(dict.fromkeys(route.retry_topics))})"
     return text
 
 
@@ -521,11 +523,22 @@ def _route(number: int, data: Any, source: str) -> Route:
         raise ConfigError(
             f"{where}: signals expects a string or a list of strings, got {_type_name(signals)}"
         )
-    for key in ("topic", "direction", "key", "dlq"):
+    for key in ("topic", "direction", "key", "dlq", "retry_topic"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(
                 f"{where}: {key} expects a string, got {_type_name(data[key])} ({data[key]!r})"
             )
+    delays = data.get("retry_delays", [])
+    if not isinstance(delays, list):
+        raise ConfigError(
+            f'{where}: retry_delays expects a list of durations, e.g. ["10s", "1m", "10m"], '
+            f"got {_type_name(delays)}"
+        )
+    try:
+        seconds = tuple(parse_duration(d) for d in delays)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: retry_delays: {exc}") from None
+    extra = {"retry_topic": data["retry_topic"]} if "retry_topic" in data else {}
     try:
         return Route(
             (signals,) if isinstance(signals, str) else tuple(signals),
@@ -533,6 +546,8 @@ def _route(number: int, data: Any, source: str) -> Route:
             data["direction"],
             key=data.get("key"),
             dlq=data.get("dlq"),
+            retry_delays=seconds,
+            **extra,
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None

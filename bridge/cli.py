@@ -392,6 +392,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for route in config.routes:
         print(describe_route(route), file=out)
         names = [route.topic] + ([route.dead_letter_topic] if route.is_inbound else [])
+        names += [t for t in dict.fromkeys(route.retry_topics) if t not in names]
         for name in names:
             if name in topics:
                 state = f"exists ({topics[name]} partition(s))"
