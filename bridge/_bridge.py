@@ -7,6 +7,7 @@ starts and stops them in the right order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -84,6 +85,7 @@ class Bridge:
         ready_timeout: float = 30.0,
         drain_timeout: float = 30.0,
         batch_size: int = 100,
+        concurrency: int = 1,
     ) -> None:
         if not isinstance(service, str) or not service.strip():
             raise ConfigError("service must be a non-empty name")
@@ -97,8 +99,8 @@ class Bridge:
             raise ConfigError("backoff, max_backoff and the dedup window must not be negative")
         if unrouted not in ("skip", "dlq"):
             raise ConfigError("unrouted must be 'skip' or 'dlq'")
-        if partitions < 1 or batch_size < 1:
-            raise ConfigError("partitions and batch_size must be at least 1")
+        if partitions < 1 or batch_size < 1 or concurrency < 1:
+            raise ConfigError("partitions, batch_size and concurrency must be at least 1")
         self.bus = bus
         self.transport = transport
         self.service = service
@@ -114,6 +116,8 @@ class Bridge:
         self.ready_timeout = ready_timeout
         self.drain_timeout = drain_timeout
         self.batch_size = batch_size
+        self.concurrency = concurrency
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.id = str(uuid.uuid4())
         self._stats = Stats()
         self._stats_lock = threading.Lock()
@@ -225,9 +229,10 @@ class Bridge:
         if any(r.retry_delays for r in self._in_routes):
             retry_topics = RetryTopics(self._in_routes)
             topics += [t for t in retry_topics.topics if t not in topics]
+        consumer = self.transport.consumer(self.group, topics, on_revoke=self._revoked)
         inbound = self._inbound = Inbound(
             self.bus,
-            consumer=self.transport.consumer(self.group, topics),
+            consumer=consumer,
             service=self.service,
             bridge_id=self.id,
             routes=self._in_routes,
@@ -235,12 +240,16 @@ class Bridge:
             dedup=self._dedup,
             dead_letters=self._dead_letters,
             stats=self._stats,
+            stats_lock=self._stats_lock,
             max_attempts=self.max_attempts,
             backoff=self.backoff,
             max_backoff=self.max_backoff,
             unrouted=self.unrouted,
             batch_size=self.batch_size,
+            concurrency=self.concurrency,
+            drain_timeout=self.drain_timeout,
             stopping=self._stopping,
+            loop=self._loop,
             retry_topics=retry_topics,
         )
         inbound.start()
@@ -251,12 +260,47 @@ class Bridge:
                 + (f"{error}" if error else "no partition assignment from the group")
             )
 
+    def _revoked(self, partitions: list[tuple[str, int]]) -> None:
+        if self._inbound is not None:
+            self._inbound.on_revoke(partitions)
+
+    # -- asyncio ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Bridge:
+        await self.start_async()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_async()
+
+    async def start_async(self) -> None:
+        """``start()`` bound to the running event loop, without blocking it.
+
+        Inbound handlers then run on this loop: async handlers are awaited on it (so they
+        may use loop-bound resources such as a connection pool), sync handlers run on the
+        bridge's worker pool, never on the loop. ``concurrency`` bounds both together.
+        The consumer keeps its own thread.
+        """
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.start)
+
+    async def stop_async(self) -> None:
+        """``stop()`` without blocking the running event loop (which keeps running the
+        handlers being drained)."""
+        await asyncio.to_thread(self.stop)
+
     def stop(self) -> None:
         """Stop mirroring; let the running handler finish; commit; flush; close.
 
         Idempotent. Events emitted after ``stop`` are local only. Records still
         undelivered after ``drain_timeout`` are reported as delivery failures.
         """
+        loop = self._loop
+        if loop is not None and loop.is_running() and _running_loop() is loop:
+            raise RuntimeError(
+                "stop() on the event loop the bridge runs its handlers on would block them: "
+                "use 'await bridge.stop_async()' or 'async with bridge:'"
+            )
         with self._lock:
             if self._state in ("stopped", "new"):
                 self._state = "stopped"
@@ -280,3 +324,10 @@ class Bridge:
         self._dedup.close()
         self._state = "stopped"
         log.info("bridge %s stopped", self.service)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

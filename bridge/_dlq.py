@@ -255,9 +255,8 @@ class TopicReader:
                     f"{self.timeout:g} s (is another replay of the same name running?)"
                 )
             record = consumer.poll(0.1)
-            if record is not None:  # cannot happen before the first assignment completes
-                consumer.pause(record)
-                consumer.resume(record.topic, record.partition)
+            if record is not None:  # a partition assigned before the others: read it again
+                consumer.seek(record)
         for partition in range(partitions):
             self.ends[partition] = consumer.watermarks(self.topic, partition, self.timeout)[1]
             self.starts[partition] = consumer.position(self.topic, partition) or 0

@@ -144,6 +144,10 @@ def _client_config(
     return merged
 
 
+def where(record: Record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
 def _translate(exc: KafkaException, what: str) -> TransportError:
     err = exc.args[0] if exc.args else None
     if isinstance(err, KafkaError):
@@ -400,18 +404,23 @@ class _KafkaConsumer(Consumer):
                 log.warning("finding start offsets failed, retrying: %s", exc)
 
     def _revoked_cb(self, consumer: Any, partitions: list[Any]) -> None:
-        self._commit_quietly()
-        self._give_up(consumer, partitions)
+        self._give_up(consumer, partitions, commit=True)
 
     def _lost_cb(self, consumer: Any, partitions: list[Any]) -> None:
         log.warning("partitions lost (not committed): %s", partitions)
-        self._give_up(consumer, partitions)
+        self._give_up(consumer, partitions, commit=False)
 
-    def _give_up(self, consumer: Any, partitions: list[Any]) -> None:
+    def _give_up(self, consumer: Any, partitions: list[Any], *, commit: bool) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        self._assigned -= lost
         if self._on_revoke is not None:
-            self._on_revoke(sorted(lost))
+            self._on_revoke(sorted(lost))  # may store offsets: committed just below
+        self._assigned -= lost
+        if commit:
+            self._commit_quietly()
+        try:
+            consumer.resume(partitions)  # a partition assigned again starts unpaused
+        except KafkaException as exc:
+            log.debug("resuming revoked partitions: %s", exc)
         consumer.incremental_unassign(partitions)
 
     def _commit_quietly(self) -> None:
@@ -487,6 +496,18 @@ class _KafkaConsumer(Consumer):
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 raise _translate(exc, "commit failed") from exc
 
+    def pause(self, partitions: Sequence[tuple[str, int]]) -> None:
+        try:
+            self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+        except KafkaException as exc:
+            raise _translate(exc, "pausing partitions failed") from exc
+
+    def resume(self, partitions: Sequence[tuple[str, int]]) -> None:
+        try:
+            self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+        except KafkaException as exc:
+            raise _translate(exc, "resuming partitions failed") from exc
+
     def is_ready(self) -> bool:
         return self._ready
 
@@ -534,26 +555,14 @@ class _KafkaConsumer(Consumer):
             raise TransportError(f"no offsets of {topic}[{partition}] within {timeout:g} s")
         return int(marks[0]), int(marks[1])
 
-    def pause(self, record: Record) -> None:
+    def seek(self, record: Record) -> None:
         tp = TopicPartition(record.topic, record.partition, record.offset)
         try:
-            self._consumer.pause([tp])
-            # Drops what was fetched after the record; after resume, fetching restarts here.
+            # Drops what was fetched after the record; fetching restarts at it.
             self._consumer.seek(tp)
-        except KafkaException as exc:
-            # Revoked meanwhile: nothing from the record on was stored, so the new owner
-            # reads it again; at-least-once holds.
-            log.debug("not pausing %s[%d]: %s", record.topic, record.partition, exc)
-            return
+        except (KafkaException, RuntimeError) as exc:
+            raise TransportError(f"cannot seek {where(record)}: {exc}") from exc
         self._starts[(record.topic, record.partition)] = record.offset
-
-    def resume(self, topic: str, partition: int) -> None:
-        if (topic, partition) not in self._assigned:
-            return
-        try:
-            self._consumer.resume([TopicPartition(topic, partition)])
-        except KafkaException as exc:
-            log.debug("not resuming %s[%d]: %s", topic, partition, exc)
 
     def close(self) -> None:
         if self._closed:

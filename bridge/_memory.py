@@ -357,14 +357,14 @@ class _MemoryConsumer(Consumer):
         broker = self._broker
         with self._cond:
             revoked = sorted(tp for tp in self._positions if tp not in self._target)
+        if revoked and self._on_revoke is not None:
+            self._on_revoke(revoked)  # may store offsets: committed just below
+        with self._cond:
             if revoked:
                 self._commit_locked(revoked)
                 for tp in revoked:
                     del self._positions[tp]
                     self._paused.discard(tp)
-        if revoked and self._on_revoke is not None:
-            self._on_revoke(revoked)
-        with self._cond:
             for tp in revoked:
                 if self._owner(tp) is self:
                     del broker._owners[(self.group, *tp)]
@@ -432,6 +432,15 @@ class _MemoryConsumer(Consumer):
         with self._cond:
             self._commit_locked()
 
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        with self._cond:
+            self._paused.update(tp for tp in partitions if tp in self._positions)
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        with self._cond:
+            self._paused.difference_update(partitions)
+            self._cond.notify_all()
+
     def is_ready(self) -> bool:
         return self._ready
 
@@ -454,28 +463,25 @@ class _MemoryConsumer(Consumer):
                 raise TransportError(f"unknown partition {topic}[{partition}]")
             return 0, len(logs[partition])
 
-    def pause(self, record: Record) -> None:
+    def seek(self, record: Record) -> None:
         tp = (record.topic, record.partition)
         with self._cond:
-            if tp in self._positions:
-                self._positions[tp] = record.offset
-                self._paused.add(tp)
-
-    def resume(self, topic: str, partition: int) -> None:
-        with self._cond:
-            self._paused.discard((topic, partition))
-            self._cond.notify_all()
+            if tp not in self._positions:
+                raise TransportError(f"cannot seek {tp}: not assigned")
+            self._positions[tp] = record.offset
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         with self._cond:
-            self._commit_locked()
             revoked = sorted(self._positions)
-            self._positions.clear()
         if revoked and self._on_revoke is not None:
-            self._on_revoke(revoked)
+            self._on_revoke(revoked)  # may store offsets: committed just below
+        with self._cond:
+            self._commit_locked()
+            self._positions.clear()
+            self._paused.clear()
         broker = self._broker
         with self._cond:
             for tp in revoked:

@@ -32,37 +32,24 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from eventbus import HandlerFailure, PayloadError, handler_name
+from eventbus import HandlerFailure, handler_name
 
-from ._dead_letters import where
-from ._envelope import DLQ_PREFIX, Envelope, trace_context
+from ._dead_letters import DeadLetter, where
+from ._envelope import DLQ_PREFIX, Envelope
+from ._errors import TransportError
 from ._remote import Remote
-from ._rerun import RERUN_PREFIX, RerunError, read_rerun, rerun_headers
+from ._rerun import RERUN_PREFIX, RERUN_SERVICE, RerunError, read_rerun, rerun_headers
 from ._routes import Route
-from ._transport import Record
+from ._transport import Consumer, Record
 
 if TYPE_CHECKING:
-    from ._inbound import Inbound
+    from ._inbound import Inbound, Outcome, _Job
 
 log = logging.getLogger("bridge")
 
 RETRY_PREFIX = "eventbus-retry-"
 CLOCK_SKEW = 60.0
 """Seconds a due time may lie beyond a topic's delay (clocks of two hosts differ)."""
-
-
-class Held:
-    """The type of ``HELD``."""
-
-    __slots__ = ()
-
-    def __bool__(self) -> bool:
-        return True
-
-
-HELD = Held()
-"""What processing a retry record returns when it is not due: its partition is paused
-at it, so neither it nor the records after it in the batch may be stored."""
 
 
 class Retry(NamedTuple):
@@ -77,11 +64,23 @@ class Retry(NamedTuple):
     offset: int
 
 
+class Redo(NamedTuple):
+    """A record to run again for some handlers: a rerun (replay) or a delayed retry."""
+
+    key: str
+    """The dedup key: ``<ce_id>#<rerun id>``."""
+    handlers: frozenset[str] | None
+    """The handlers to run (None: all)."""
+    retry: Retry | None
+    """The retry headers, for a record of a retry topic."""
+
+
 class RetryTopics:
     """The delayed retry topics of one bridge's inbound routes, and the paused partitions.
 
-    Used by the consumer thread only (not thread safe). ``clock`` returns seconds since
-    the epoch (tests pass their own).
+    ``hold`` runs on the consumer thread; ``prepare`` and ``schedule`` on whichever thread
+    handles the record (they keep no state). ``clock`` returns seconds since the epoch
+    (tests pass their own).
     """
 
     def __init__(self, routes: Sequence[Route], clock: Callable[[], float] = time.time) -> None:
@@ -113,37 +112,28 @@ class RetryTopics:
         failures: Sequence[HandlerFailure],
         reason: str,
         previous: Retry | None = None,
-    ) -> bool:
+    ) -> DeadLetter:
         """Send ``record`` to the retry topic after ``previous`` (the first without it),
-        or to the dead-letter topic after the last; without waiting (confirmed with the
-        batch, before its offset is stored). Always True."""
+        or to the dead-letter topic after the last; without waiting (the caller confirms
+        the delivery before the record's offset is stored)."""
         attempt = previous.attempt + 1 if previous else 1
         now_ms = int(self.clock() * 1000)
+        error = type(failures[0].exception).__name__ if failures else "retry"
         if attempt > len(route.retry_delays):
-            assert previous is not None
-            return self._dead_letter(
-                inbound,
-                record,
-                route,
-                f"{reason} (after {previous.attempt} delayed retries)",
-                type(failures[0].exception).__name__ if failures else "retry",
-                failures,
-                previous,
-            )
+            reason = f"{reason} (after {attempt - 1} delayed retries)"
+            return self._dead_letter(inbound, record, route, reason, error, failures, previous)
         delay = route.retry_delays[attempt - 1]
         topic = route.retry_topics[attempt - 1]
-        origin = (
-            (previous.topic, previous.partition, previous.offset)
-            if previous
-            else (record.topic, record.partition, record.offset)
-        )
+        if previous is not None:
+            origin = (previous.topic, previous.partition, previous.offset)
+            first = previous.first_failure
+        else:
+            origin = (record.topic, record.partition, record.offset)
+            first = now_ms
         headers = _plain(record.headers)
         headers += [
             (RETRY_PREFIX + "attempt", str(attempt).encode()),
-            (
-                RETRY_PREFIX + "first-failure",
-                str(previous.first_failure if previous else now_ms).encode(),
-            ),
+            (RETRY_PREFIX + "first-failure", str(first).encode()),
             (RETRY_PREFIX + "due", str(now_ms + round(delay * 1000)).encode()),
             (RETRY_PREFIX + "reason", reason.encode(errors="replace")[:4096]),
             (RETRY_PREFIX + "topic", origin[0].encode()),
@@ -154,7 +144,7 @@ class RetryTopics:
         rerun_id = f"retry{attempt}:{origin[0]}/{origin[1]}/{origin[2]}"
         headers += rerun_headers(inbound.service, names, rerun_id)
         log.info(
-            "bridge %s: %s to %s (retry %d of %d, in %gs): %s",
+            "bridge %s: %s to %s (retry %d of %d, in %g s): %s",
             inbound.service,
             where(record),
             topic,
@@ -163,62 +153,99 @@ class RetryTopics:
             delay,
             reason,
         )
-        inbound._letters.append(inbound.dead_letters.forward(record, topic, headers))
-        inbound._stats.retries_scheduled += 1
-        return True
+        return inbound.dead_letters.forward(record, topic, headers)
 
-    # -- a record of a retry topic -------------------------------------------------------
+    # -- records of the retry topics -----------------------------------------------------
 
-    def handle(
+    def hold(self, consumer: Consumer, records: list[Record], service: str) -> list[Record]:
+        """Resume the paused retry partitions that came due; take out of ``records`` the
+        retry records of this service that are not due, and every later record of their
+        partition, pausing the partition and rewinding it to the first one held (the
+        consumer thread only). Everything else is returned, in order."""
+        if self.paused:
+            now = self.clock()
+            ripe = [tp for tp, at in self.paused.items() if at <= now]
+            for tp in ripe:
+                del self.paused[tp]
+            if ripe:
+                try:
+                    consumer.resume(ripe)
+                except TransportError as exc:  # revoked meanwhile: nothing to resume
+                    log.debug("resuming retry partitions: %s", exc)
+        by_topic = self._by_topic
+        if not records or not any(r.topic in by_topic for r in records):
+            return records
+        now = self.clock()
+        held: set[tuple[str, int]] = set()
+        kept: list[Record] = []
+        for record in records:
+            tp = (record.topic, record.partition)
+            if tp in held:
+                continue  # after a held record of its partition: comes again after it
+            route = by_topic.get(record.topic)
+            due = _due(record, service) if route is not None else None
+            if route is None or due is None or due <= now:
+                kept.append(record)
+                continue
+            if due - now > max(route.retry_delays) + CLOCK_SKEW:
+                kept.append(record)  # stale: dead-lettered with the reason by prepare()
+                continue
+            try:
+                consumer.pause([tp])
+                consumer.seek(record)
+            except TransportError as exc:
+                # Not assigned any more (its new owner reads it from the committed offset),
+                # or the rewind failed: then it is run now rather than skipped.
+                log.warning("bridge %s: cannot hold %s until due: %s", service, where(record), exc)
+                kept.append(record)
+                continue
+            held.add(tp)
+            self.paused[tp] = due
+        return kept
+
+    def prepare(
         self, inbound: Inbound, record: Record, route: Route, envelope: Envelope, payload: Any
-    ) -> bool | Held:
-        """Process a record of one of the retry topics: wait for it, run its failed
-        handlers, or send it on. ``HELD`` when it is not due (its partition is paused)."""
+    ) -> _Job | Outcome:
+        """The job of running a due retry record's failed handlers (``Inbound._prepare``),
+        or its outcome: skipped (another service's, already handled) or dead-lettered
+        (malformed or stale headers)."""
+        from ._inbound import DUPLICATE
+
         try:
             retry = read_retry(record.headers)
             rerun = read_rerun(record.headers)
         except (RetryHeaderError, RerunError) as exc:
-            return self._dead_letter(inbound, record, route, f"bad retry headers: {exc}", "retry")
+            reason = f"bad retry headers: {exc}"
+            return self._dead_letter(inbound, record, route, reason, "retry")
         if rerun.service != inbound.service:
-            inbound._stats.duplicates += 1  # another service's retry on a shared topic
-            return True
+            return DUPLICATE  # another service's retry on a shared topic
         if not route.matches(envelope.type):
             reason = f"no inbound route for type {envelope.type!r} on {route.topic}"
             return self._dead_letter(inbound, record, route, reason, "unrouted", retry=retry)
         delays = route.retry_delays
-        if (
-            not 1 <= retry.attempt <= len(delays)
-            or route.retry_topics[retry.attempt - 1] != record.topic
+        if not 1 <= retry.attempt <= len(delays) or (
+            route.retry_topics[retry.attempt - 1] != record.topic
         ):
             reason = (
                 f"stale retry headers: attempt {retry.attempt} does not belong to {record.topic}"
             )
             return self._dead_letter(inbound, record, route, reason, "retry", retry=retry)
-        now = self.clock()
-        due = retry.due / 1000
-        if due - now > delays[retry.attempt - 1] + CLOCK_SKEW:
+        ahead = retry.due / 1000 - self.clock()
+        if ahead > delays[retry.attempt - 1] + CLOCK_SKEW:
             reason = (
-                f"stale retry headers: due in {due - now:.0f} s, more than the "
+                f"stale retry headers: due in {ahead:.0f} s, more than the "
                 f"{delays[retry.attempt - 1]:g} s of {record.topic}"
             )
             return self._dead_letter(inbound, record, route, reason, "retry", retry=retry)
-        if due > now:
-            inbound.consumer.pause(record)
-            self.paused[(record.topic, record.partition)] = due
-            return HELD
-        inbound._stats.retries_due += 1
+        inbound.count_retry("retries_due")
         key = f"{envelope.id}#{rerun.id}"
         if inbound.dedup.seen(key):
-            inbound._stats.duplicates += 1
-            return True
-        handlers = rerun.handlers
-        if handlers is not None:
-            present = handlers.intersection(inbound.bus.handler_names(envelope.type))
-            if not present:
-                names = ", ".join(sorted(handlers))
-                reason = f"stale retry headers: no handler to retry is subscribed: {names}"
-                return self._dead_letter(inbound, record, route, reason, "retry", retry=retry)
-            handlers = frozenset(present)
+            return DUPLICATE
+        handlers = inbound.subscribed(record, envelope.type, rerun.handlers)
+        if handlers is not None and not handlers:
+            names = ", ".join(sorted(rerun.handlers or ()))
+            reason = f"stale retry headers: no handler to retry is subscribed: {names}"
+            return self._dead_letter(inbound, record, route, reason, "retry", retry=retry)
         sender = Remote(
             envelope.source,
             envelope.id,
@@ -228,32 +255,7 @@ class RetryTopics:
             retry.offset,
             inbound.bridge_id,
         )
-        try:
-            if envelope.traceparent is None:
-                failures = inbound.bus.dispatch(envelope.type, sender, payload, handlers=handlers)
-            else:
-                with trace_context(envelope.traceparent, envelope.tracestate):
-                    failures = inbound.bus.dispatch(
-                        envelope.type, sender, payload, handlers=handlers
-                    )
-        except PayloadError as exc:
-            reason = f"invalid payload: {exc}"
-            return self._dead_letter(inbound, record, route, reason, "PayloadError", retry=retry)
-        if failures:
-            reason = f"handler failed on retry {retry.attempt}: {failures[0].exception!r}"
-            return self.schedule(inbound, record, route, failures, reason, retry)
-        inbound.dedup.add(key)
-        inbound._stats.handled += 1
-        inbound._stats.retries_handled += 1
-        return True
-
-    def resume_due(self, inbound: Inbound) -> None:
-        """Resume the paused retry partitions whose head record is due now."""
-        now = self.clock()
-        for tp, due in list(self.paused.items()):
-            if due <= now:
-                del self.paused[tp]
-                inbound.consumer.resume(*tp)
+        return (route, envelope, envelope.type, payload, sender, Redo(key, handlers, retry))
 
     def _dead_letter(
         self,
@@ -264,14 +266,12 @@ class RetryTopics:
         error: str,
         failures: Sequence[HandlerFailure] = (),
         retry: Retry | None = None,
-    ) -> bool:
+    ) -> DeadLetter:
         origin = (retry.topic, retry.partition, retry.offset) if retry else None
         attempts = retry.attempt if retry else 0
-        letter = inbound.dead_letters.letter(
+        return inbound.dead_letters.letter(
             record, route.dead_letter_topic, reason, error, failures, attempts, origin=origin
         )
-        inbound._letters.append(letter)
-        return True
 
 
 class RetryHeaderError(ValueError):
@@ -304,6 +304,22 @@ def read_retry(headers: Sequence[tuple[str, bytes]]) -> Retry:
         partition=number("partition"),
         offset=number("offset"),
     )
+
+
+def _due(record: Record, service: str) -> float | None:
+    """When a retry record of ``service`` is due (seconds since the epoch); None when it is
+    another service's, or its headers are malformed (``prepare`` says what is wrong)."""
+    due = raw_service = None
+    for name, value in record.headers:
+        if name == RETRY_PREFIX + "due":
+            due = value
+        elif name == RERUN_SERVICE:
+            raw_service = value
+    if not isinstance(due, bytes) or not due.isdigit() or len(due) > 18:
+        return None
+    if not isinstance(raw_service, bytes) or raw_service != service.encode():
+        return None
+    return int(due) / 1000
 
 
 def _plain(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:

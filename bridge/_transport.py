@@ -131,6 +131,17 @@ class Consumer(ABC):
         """Commit the stored offsets now (synchronously). No-op when nothing is stored."""
 
     @abstractmethod
+    def pause(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Stop fetching ``partitions``: ``consume`` returns none of their records (not
+        even ones already fetched) until ``resume``; rebalance callbacks still run. The
+        position is kept: after ``resume`` the next record is the one after the last
+        returned. Assigned partitions only; a revoked partition forgets its pause."""
+
+    @abstractmethod
+    def resume(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Fetch ``partitions`` again (see ``pause``)."""
+
+    @abstractmethod
     def is_ready(self) -> bool:
         """True once the first assignment is complete and every assigned partition has a
         start position (so a record produced from now on will be read)."""
@@ -155,17 +166,11 @@ class Consumer(ABC):
         broker (any partition, assigned or not). ``TransportError`` after ``timeout``."""
 
     @abstractmethod
-    def pause(self, record: Record) -> None:
-        """Stop returning records of ``record``'s partition, and rewind it to ``record``:
-        after ``resume`` it comes again, then the ones after it. Records of the partition
-        already returned in the same batch after ``record`` come again too. A partition
-        that is revoked and assigned again is no longer paused (it restarts at its
-        committed offset)."""
-
-    @abstractmethod
-    def resume(self, topic: str, partition: int) -> None:
-        """Return records of a partition paused by ``pause`` again. A no-op for a partition
-        that is not paused or no longer assigned."""
+    def seek(self, record: Record) -> None:
+        """Rewind ``record``'s (assigned) partition to ``record``: it is the next record
+        returned from that partition, then the ones after it (also those already returned
+        after it). Paused or not, the partition stays so. ``TransportError`` if it fails
+        (a partition revoked meanwhile: its new owner reads from the committed offset)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -200,10 +205,12 @@ class Transport(ABC):
 
         A partition with no committed offset starts at its end when it is assigned
         (at its beginning with ``from_beginning``, or when ``auto.offset.reset`` says
-        ``earliest``); either way the position is
-        fixed, and committed, before ``is_ready()`` turns true, so nothing produced after
-        that is missed, even by a member that restarts before committing anything.
-        ``on_revoke`` runs after stored offsets of the revoked partitions were committed.
+        ``earliest``); either way the position is fixed, and committed, before
+        ``is_ready()`` turns true, so nothing produced after that is missed, even by a
+        member that restarts before committing anything. ``on_revoke`` runs before the
+        stored offsets of the revoked partitions are committed (on revocation and on
+        ``close``), so offsets it stores are committed too; for partitions lost without a
+        revocation (a session that expired) nothing is committed.
         """
 
     @abstractmethod

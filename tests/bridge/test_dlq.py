@@ -188,15 +188,17 @@ def test_a_rerun_is_handled_despite_dedup_of_its_first_delivery_and_once_only(
     svc = dead_letter_some(transport, ["order.placed"])
     svc.broken.clear()
     svc.flaky_calls.clear()
-    # The same bridge (its dedup store saw the event id) handles the rerun...
+    # A bridge of the service handles the rerun...
     bridge = Bridge(
         svc.bus,
         transport=transport,
         service="shipping",
         routes=[Route.inbound("order.*", topic=svc.topic)],
     )
-    bridge._dedup = svc.bridge._dedup  # as a bridge with a persistent dedup store would
-    assert bridge._dedup.seen(read_topic_ids(transport, svc.dlq)[0])
+    # The event id counts as seen (a dedup store that recorded it, say from a delivery
+    # of the same event that was handled): the rerun is handled all the same.
+    [event_id] = read_topic_ids(transport, svc.dlq)
+    bridge._dedup.add(event_id)
     with bridge:
         Replay(transport, svc.dlq).run()
         wait_for(lambda: svc.flaky_calls == [0], 30, "the rerun")

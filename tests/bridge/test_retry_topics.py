@@ -26,6 +26,7 @@ from bridge import (
 )
 from bridge._retry_topics import RetryTopics
 from bridge._routes import format_delay
+from bridge._transport import Record
 from eventbus import EventBus, handler_name
 from tests.bridge.helpers import read, wait_for
 
@@ -44,28 +45,41 @@ class Worker:
     """``flaky`` fails for the n in ``bad`` while ``broken`` is set; ``steady`` never fails.
     Every call is recorded with its wall-clock time."""
 
-    def __init__(self, transport: Transport, topic: str, delays: list[float]) -> None:
+    def __init__(
+        self, transport: Transport, topic: str, delays: list[float], **options: Any
+    ) -> None:
         self.bus = EventBus()
         self.broken = threading.Event()
         self.broken.set()
         self.bad: set[int] = set()
+        self.fail_times: dict[int, int] = {}  # n -> how many more calls fail (any flag)
         self.flaky_calls: list[tuple[int, float]] = []
         self.steady_calls: list[int] = []
+        self.steady_at: dict[int, float] = {}
 
         @self.bus.on("order.*")
         def steady(sender: Any, n: int, **_: Any) -> None:
             self.steady_calls.append(n)
+            self.steady_at[n] = time.time()
 
         @self.bus.on("order.*")
         def flaky(sender: Any, n: int, **_: Any) -> None:
             self.flaky_calls.append((n, time.time()))
+            if self.fail_times.get(n, 0) > 0:
+                self.fail_times[n] -= 1
+                raise ConnectionError(f"service down for {n}, once")
             if self.broken.is_set() and n in self.bad:
                 raise ConnectionError(f"service down for {n}")
 
         self.flaky_name = handler_name(flaky)
         self.route = Route.inbound("order.*", topic=topic, retry_delays=delays)
         self.bridge = Bridge(
-            self.bus, transport=transport, service="worker", routes=[self.route], max_attempts=1
+            self.bus,
+            transport=transport,
+            service="worker",
+            routes=[self.route],
+            max_attempts=1,
+            **options,
         )
 
     def calls(self, n: int) -> list[float]:
@@ -123,7 +137,6 @@ def test_records_wait_on_retry_topics_while_the_partition_flows_then_the_dlq(
         emit(transport, topic, [0, 1, 2, 3, 4, 5])
         # the records after the failing one, same key, same partition, are not held up
         wait_for(lambda: sorted(worker.steady_calls) == [0, 1, 2, 3, 4, 5], 30, "the others")
-        assert len(worker.calls(0)) == 1, "the partition waited for a retry delay"
         wait_for(lambda: bridge.stats.dead_lettered == 1, 30, "the dead letter")
         stats = bridge.stats
         assert stats.retries_scheduled == 2 and stats.retries_due == 2
@@ -133,6 +146,8 @@ def test_records_wait_on_retry_topics_while_the_partition_flows_then_the_dlq(
     due2 = int(dict(second.headers)["eventbus-retry-due"]) / 1000
     failed, retry1, retry2 = worker.calls(0)
     assert retry1 >= due1 and retry2 >= due2  # never before due
+    # the partition did not wait: the records behind it were handled before it was due
+    assert max(worker.steady_at[n] for n in range(1, 6)) < due1
     assert due1 - failed == pytest.approx(1.0, abs=0.25) and due2 - retry1 == pytest.approx(
         0.5, abs=0.25
     )
@@ -158,22 +173,42 @@ def test_records_wait_on_retry_topics_while_the_partition_flows_then_the_dlq(
     assert MsgpackCodec().decode(dead.value or b"") == {"n": 0, "k": "one-key"}
 
 
+def test_with_concurrency_retries_wait_and_the_rest_flows(transport: Transport) -> None:
+    topic = new_topic()
+    worker = Worker(transport, topic, [0.6, 0.3], concurrency=4)
+    worker.bad = {1, 4}
+    bus = EventBus()
+    route = Route.outbound("order.*", topic=topic, key="k")
+    with worker.bridge as bridge, Bridge(bus, transport=transport, service="shop", routes=[route]):
+        for n in range(8):
+            bus.emit("order.placed", n=n, k=f"key-{n % 3}")
+        wait_for(lambda: sorted(worker.steady_calls) == list(range(8)), 30, "every record")
+        wait_for(lambda: bridge.stats.retries_due == 4, 30, "two retries of each failing one")
+        wait_for(lambda: bridge.stats.dead_lettered == 2, 30, "the dead letters")
+    for n in (1, 4):
+        failed, retry1, retry2 = worker.calls(n)
+        # (due times are whole milliseconds: 2 ms of rounding)
+        assert retry1 - failed >= 0.598 and retry2 - retry1 >= 0.298
+    assert all(len(worker.calls(n)) == 1 for n in (0, 2, 3, 5, 6, 7))
+    assert sorted(worker.steady_calls) == list(range(8))
+
+
 def test_a_retry_succeeds_once_the_cause_is_gone(transport: Transport) -> None:
     topic = new_topic()
     worker = Worker(transport, topic, [0.5, 5.0])
-    worker.bad = {7}
+    worker.fail_times = {7: 1}  # fails on its first delivery only
     with worker.bridge as bridge:
         emit(transport, topic, [7])
-        wait_for(lambda: bridge.stats.retries_scheduled == 1, 30, "the retry")
-        worker.broken.clear()
         wait_for(lambda: bridge.stats.retries_handled == 1, 30, "the retry handled")
-        assert bridge.stats.dead_lettered == 0 and bridge.stats.handled == 2
+        stats = bridge.stats
+        assert stats.retries_scheduled == 1 and stats.retries_due == 1
+        assert stats.dead_lettered == 0 and stats.handled == 1  # the retry
     assert len(worker.calls(7)) == 2 and worker.steady_calls == [7]
 
 
 def test_retry_records_survive_a_restart_and_nothing_runs_twice(transport: Transport) -> None:
     topic = new_topic()
-    worker = Worker(transport, topic, [0.8])
+    worker = Worker(transport, topic, [3.0])
     worker.bad = {3}
     with worker.bridge as bridge:
         emit(transport, topic, [3])
@@ -246,22 +281,49 @@ def test_hostile_retry_headers_are_dead_lettered_and_the_stream_goes_on(
     assert worker.calls(99) and not any(worker.calls(n) for n in range(1, 8))
 
 
-def test_paused_partitions_resume_when_due() -> None:
-    """The consumer thread never sleeps for a retry: RetryTopics only pauses and resumes."""
+def test_hold_pauses_at_the_first_record_not_due_and_resumes_when_due() -> None:
+    """The consumer thread never sleeps for a retry: it pauses and rewinds, then resumes."""
     now = [1000.0]
     retries = RetryTopics([Route.inbound("a.*", topic="t", retry_delays=[5])], clock=lambda: now[0])
-    resumed: list[tuple[str, int]] = []
+    calls: list[tuple[str, Any]] = []
 
-    class Consumer:
-        def resume(self, topic: str, partition: int) -> None:
-            resumed.append((topic, partition))
+    class FakeConsumer:
+        def pause(self, partitions: list[tuple[str, int]]) -> None:
+            calls.append(("pause", partitions))
 
-    class Inbound:
-        consumer = Consumer()
+        def seek(self, record: Record) -> None:
+            calls.append(("seek", (record.partition, record.offset)))
 
-    retries.paused = {("t.retry.5s", 0): 1004.0, ("t.retry.5s", 1): 1006.0}
-    retries.resume_due(Inbound())  # type: ignore[arg-type]
-    assert resumed == []
-    now[0] = 1005.0
-    retries.resume_due(Inbound())  # type: ignore[arg-type]
-    assert resumed == [("t.retry.5s", 0)] and list(retries.paused) == [("t.retry.5s", 1)]
+        def resume(self, partitions: list[tuple[str, int]]) -> None:
+            calls.append(("resume", partitions))
+
+    def retry(partition: int, offset: int, due: float, service: str = "svc") -> Record:
+        headers = [
+            ("eventbus-retry-due", str(int(due * 1000)).encode()),
+            ("eventbus-rerun-service", service.encode()),
+        ]
+        return Record("t.retry.5s", partition, offset, None, b"", headers)
+
+    due_now = retry(0, 0, 999.0)
+    later = retry(0, 1, 1004.0)
+    after_it = retry(0, 2, 999.0)  # behind a held record: comes again after it
+    other = retry(1, 0, 1003.0)
+    foreign = retry(2, 0, 1004.0, service="billing")  # skipped by prepare(), not held
+    stale = retry(3, 0, 1000.0 + 3600)  # beyond the delay: dead-lettered by prepare()
+    main = Record("t", 0, 7, None, b"", [])
+    consumer: Any = FakeConsumer()
+    kept = retries.hold(consumer, [due_now, later, main, after_it, other, foreign, stale], "svc")
+    assert kept == [due_now, main, foreign, stale]
+    assert calls == [
+        ("pause", [("t.retry.5s", 0)]),
+        ("seek", (0, 1)),
+        ("pause", [("t.retry.5s", 1)]),
+        ("seek", (1, 0)),
+    ]
+    calls.clear()
+    now[0] = 1003.5
+    assert retries.hold(consumer, [], "svc") == []
+    assert calls == [("resume", [("t.retry.5s", 1)])]
+    now[0] = 1004.0
+    retries.hold(consumer, [], "svc")
+    assert calls[-1] == ("resume", [("t.retry.5s", 0)]) and not retries.paused

@@ -449,9 +449,7 @@ def test_position_and_watermarks(new_topic, producer, consumers):
     assert sum(ends.values()) >= 2
     assert consumer.position(topic, 0) is not None
     assert consumer.position("no-such-topic", 0) is None
-    records = read_until(
-        consumer, lambda rs: len(early + rs) >= sum(ends.values()), "every probe"
-    )
+    records = read_until(consumer, lambda rs: len(early + rs) >= sum(ends.values()), "every probe")
     for p in (0, 1):
         assert consumer.position(topic, p) == ends[p]
     produce_all(producer, topic, [(keys[1], b"more")])
@@ -461,7 +459,7 @@ def test_position_and_watermarks(new_topic, producer, consumers):
         consumer.watermarks(topic, 7, 2.0)
 
 
-def test_pause_rewinds_to_the_record_and_resume_returns_it_again(new_topic, producer, consumers):
+def test_seek_rewinds_a_paused_partition_to_a_record(new_topic, producer, consumers):
     topic, group = new_topic(2), group_id()
     keys = keys_per_partition(producer, topic, 2)
     consumer = consumers(group, [topic])
@@ -469,11 +467,61 @@ def test_pause_rewinds_to_the_record_and_resume_returns_it_again(new_topic, prod
     produce_all(producer, topic, [(keys[0], b"a0"), (keys[0], b"b0"), (keys[0], b"c0")])
     first = read_until(consumer, lambda rs: len(rs) >= 2, "a0, b0")
     assert values(first[:2]) == [b"a0", b"b0"]
-    consumer.pause(first[1])  # b0 (and c0, if fetched) come again after resume
+    consumer.pause([(topic, 0)])
+    consumer.seek(first[1])  # b0 (and c0, if fetched) come again after resume
     produce_all(producer, topic, [(keys[1], b"x1"), (keys[0], b"d0"), (keys[1], b"end1")])
     other = read_until(consumer, lambda rs: b"end1" in values(rs), "partition 1 while 0 is paused")
     assert [v for v in values(other) if v.endswith(b"0")] == []  # partition 0 waits
-    consumer.resume(topic, 0)
-    consumer.resume(topic, 0)  # a no-op when not paused
+    consumer.resume([(topic, 0)])
     again = read_until(consumer, lambda rs: b"d0" in values(rs), "partition 0 after resume")
     assert values(again) == [b"b0", b"c0", b"d0"]
+    consumer.seek(again[0])  # not paused: b0 comes at once
+    assert values(read_until(consumer, lambda rs: b"d0" in values(rs), "b0 again")) == [
+        b"b0",
+        b"c0",
+        b"d0",
+    ]
+
+
+def test_pause_stops_a_partition_and_resume_continues_after_the_last_record(
+    new_topic, producer, consumers
+):
+    topic = new_topic(2)
+    key = keys_per_partition(producer, topic, 2)
+    consumer = consumers(group_id(), [topic])
+    ready(consumer)
+    produce_all(producer, topic, [(key[0], b"a0"), (key[1], b"b0")])
+    read_until(consumer, lambda rs: len(rs) >= 2, "one record of each partition")
+
+    consumer.pause([(topic, 0)])
+    items = [(key[0], b"a%d" % n) for n in range(1, 4)] + [(key[1], b"b1"), (key[1], b"end")]
+    produce_all(producer, topic, items)
+    while_paused = read_until(consumer, lambda rs: b"end" in values(rs), "the sentinel")
+    assert values(while_paused) == [b"b1", b"end"]  # nothing of the paused partition
+
+    consumer.resume([(topic, 0)])
+    after = read_until(consumer, lambda rs: len(rs) >= 3, "the paused partition's records")
+    assert values(after) == [b"a1", b"a2", b"a3"]  # none skipped, none repeated
+
+
+def test_offsets_stored_in_on_revoke_are_committed(new_topic, producer, consumers):
+    topic, group = new_topic(1), group_id()
+    holder: list[Consumer] = []
+    read: list[Record] = []
+    revoked: list[list[tuple[str, int]]] = []
+
+    def on_revoke(partitions: list[tuple[str, int]]) -> None:
+        revoked.append(partitions)
+        holder[0].store(read[0])  # finished during the revocation: must be committed
+
+    one = consumers(group, [topic], on_revoke=on_revoke)
+    holder.append(one)
+    ready(one)
+    produce_all(producer, topic, [(None, b"first"), (None, b"second")])
+    read.extend(read_until(one, lambda rs: len(rs) >= 2, "two records"))
+    one.close()
+    assert revoked == [[(topic, 0)]]
+
+    two = consumers(group, [topic])
+    again = read_until(two, lambda rs: len(rs) >= 1, "the record not committed")
+    assert values(again) == [b"second"]
