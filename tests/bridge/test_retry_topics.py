@@ -6,6 +6,7 @@ record, never against a guessed sleep.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -327,3 +328,47 @@ def test_hold_pauses_at_the_first_record_not_due_and_resumes_when_due() -> None:
     now[0] = 1004.0
     retries.hold(consumer, [], "svc")
     assert calls[-1] == ("resume", [("t.retry.5s", 0)]) and not retries.paused
+
+
+def test_on_the_apps_event_loop_only_the_failed_async_handler_is_retried(
+    transport: Transport,
+) -> None:
+    topic = new_topic()
+    calls: list[tuple[str, int]] = []
+    failing = {2: 1}  # n -> failures left
+
+    async def app() -> None:
+        bus = EventBus()
+
+        @bus.on("order.placed")
+        async def notify(sender: Any, n: int, **_: Any) -> None:
+            assert asyncio.get_running_loop() is loop
+            calls.append(("notify", n))
+            if failing.get(n):
+                failing[n] -= 1
+                raise ConnectionError("mail server down")
+
+        @bus.on("order.placed")
+        def book(sender: Any, n: int, **_: Any) -> None:
+            calls.append(("book", n))
+
+        loop = asyncio.get_running_loop()
+        route = Route.inbound("order.*", topic=topic, retry_delays=[0.3])
+        bridge = Bridge(
+            bus, transport=transport, service="aio", routes=[route], max_attempts=1, concurrency=2
+        )
+        async with bridge:
+            await asyncio.to_thread(emit, transport, topic, [1, 2, 3])
+            deadline = loop.time() + 30
+            while bridge.stats.retries_handled < 1 and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            assert bridge.stats.retries_handled == 1
+
+    asyncio.run(app())
+    assert calls.count(("notify", 2)) == 2 and calls.count(("book", 2)) == 1
+    assert sorted(c for c in calls if c[1] != 2) == [
+        ("book", 1),
+        ("book", 3),
+        ("notify", 1),
+        ("notify", 3),
+    ]
