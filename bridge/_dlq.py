@@ -11,7 +11,9 @@ The operator's side of ``_dead_letters`` (``eventbus-bridge dlq ls|show|replay``
 * ``summarize`` counts a topic's dead letters (``dlq ls``);
 * ``Replay`` sends the selected dead letters again, to their original topic or straight
   to the service's handlers, as a consumer group of its own: an interrupted replay run
-  again continues after the last record it finished.
+  again continues after the last record it finished;
+* ``plan_purge`` and ``purge`` delete dead letters from the start of a topic (all, or
+  up to a time or an offset): Kafka cuts a log from its start only.
 
 A replayed record is a rerun (``_rerun``): only the handlers that failed run again, and
 the bridges of other services skip it. Nothing decoded from a record is executed.
@@ -636,6 +638,72 @@ class _Sender:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(self.replay.timeout)
+
+
+@dataclass
+class PurgePlan:
+    """What ``purge`` deletes: per partition, the records from ``first`` to ``before``."""
+
+    topic: str
+    partitions: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return sum(before - first for first, before in self.partitions.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "count": self.count,
+            "partitions": {
+                str(p): {"first": f, "before": b} for p, (f, b) in self.partitions.items()
+            },
+        }
+
+
+def plan_purge(
+    transport: Transport,
+    topic: str,
+    codec: MsgpackCodec,
+    *,
+    until: float | None = None,
+    partition: int | None = None,
+    to_offset: int | None = None,
+    timeout: float = 10.0,
+) -> PurgePlan:
+    """The records of dead-letter topic ``topic`` a purge deletes: all of them, or those
+    dead-lettered before ``until`` (up to the first one that is not), or those up to
+    ``to_offset`` (included), of every partition or of ``partition``. Kafka deletes a log
+    from its start only, so nothing else can be selected."""
+    partitions = transport.list_topics(timeout=timeout).get(topic)
+    if partitions is None:
+        raise TransportError(f"topic {topic!r} does not exist")
+    group = f"eventbus-bridge-dlq-{uuid.uuid4().hex}"
+    with TopicReader(transport, topic, group, timeout=timeout) as reader:
+        marks = {p: reader._consumer.watermarks(topic, p, timeout) for p in range(partitions)}
+        cut = {p: high for p, (_low, high) in marks.items()}
+        if until is not None:
+            open_partitions = set(cut)
+            for record in reader:
+                if record.partition in open_partitions:
+                    at = record.timestamp_ms
+                    if at is None or at / 1000 >= until:
+                        cut[record.partition] = record.offset
+                        open_partitions.discard(record.partition)
+    plan = PurgePlan(topic)
+    for p, (low, _high) in marks.items():
+        if partition is not None and p != partition:
+            continue
+        before = cut[p] if to_offset is None else min(cut[p], to_offset + 1)
+        if before > low:
+            plan.partitions[p] = (low, before)
+    return plan
+
+
+def purge(transport: Transport, plan: PurgePlan, timeout: float = 30.0) -> None:
+    """Delete what ``plan`` says (``Transport.delete_records``)."""
+    before = {p: b for p, (_first, b) in plan.partitions.items()}
+    transport.delete_records(plan.topic, before, timeout)
 
 
 def _text(value: bytes | None) -> str | None:

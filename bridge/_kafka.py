@@ -703,6 +703,22 @@ class KafkaTransport(Transport):
                 raise TransportError(f"topics not ready after {timeout}s: {pending}")
             time.sleep(0.05)  # metadata has no change notification; poll it briefly
 
+    def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
+        """Delete the records before the given offsets (AdminClient.delete_records)."""
+        if not before:
+            return
+        partitions = [TopicPartition(topic, p, o) for p, o in sorted(before.items())]
+        try:
+            futures = self._admin_client().delete_records(
+                partitions, request_timeout=max(timeout, 0.001)
+            )
+            for future in futures.values():
+                future.result(timeout=max(timeout, 0.001))
+        except KafkaException as exc:
+            raise _translate(exc, f"cannot delete records of {topic!r}") from exc
+        except TimeoutError as exc:
+            raise TransportError(f"deleting records of {topic!r} timed out") from exc
+
     def close(self) -> None:
         """Drop the shared admin client. Idempotent."""
         self._admin = None

@@ -8,8 +8,10 @@ runs one suite against both): ``KafkaTransport`` (confluent-kafka) and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
+
+from ._errors import TransportError
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -224,6 +226,13 @@ class Transport(ABC):
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
         """Return ``{topic: partition count}`` for every topic; ``TransportError`` if the
         broker cannot be reached within ``timeout`` seconds."""
+
+    def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
+        """Delete the records of ``topic`` before offset ``before[partition]`` of each
+        partition (Kafka's DeleteRecords: a log is cut from its start only; its first
+        offset moves up). ``TransportError`` if the broker refuses or does not answer in
+        ``timeout`` seconds; the default refuses (an optional operation)."""
+        raise TransportError(f"{type(self).__name__} cannot delete records")
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release shared resources (admin clients). Idempotent."""

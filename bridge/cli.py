@@ -113,6 +113,7 @@ TOML, as for run) or -b HOSTS.
   show    each dead letter decoded: headers, payload, the failing handler's traceback
   replay  send them again: to their original topic (--to topic, the default), or
           straight to the service's handlers in this process (--to handlers, with -c)
+  purge   delete them from the start of the topic (all, or up to a time or offset)
 
 Filters (every one given must match): --type, --reason, --handler (repeatable),
 --since/--until (ISO time, or a duration ago: 30m, 2h, 7d), --partition,
@@ -143,6 +144,18 @@ examples:
   eventbus-bridge dlq replay orders.dlq -c shipping.toml --type order.placed --dry-run
   eventbus-bridge dlq replay orders.dlq -c shipping.toml --since 2026-01-31T08:00
   eventbus-bridge dlq replay orders.dlq -c shipping.toml --to handlers --name fix-1234
+"""
+
+DLQ_PURGE_EPILOG = """\
+Kafka deletes a topic's records from its start only (DeleteRecords), so a purge takes
+every dead letter, or those dead-lettered before --until (up to the first one that is
+not), or those up to --to-offset; of every partition, or of --partition. It prints what
+it will delete and asks you to type the topic's name, unless --yes (required when stdin
+is not a terminal). Replay what you need first: purged records are gone.
+
+examples:
+  eventbus-bridge dlq purge orders.dlq -c shipping.toml --until 7d
+  eventbus-bridge dlq purge orders.dlq -c shipping.toml --partition 0 --to-offset 41 --yes
 """
 
 
@@ -345,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="count what would be replayed; send and commit nothing",
     )
     replay.set_defaults(command=cmd_dlq_replay)
+    purge = dlq_commands.add_parser(
+        "purge",
+        help="delete dead letters from the start of a topic",
+        description="Delete dead letters from the start of a topic.",
+        epilog=DLQ_PURGE_EPILOG,
+        formatter_class=formatter,
+        parents=[common, kafka],
+    )
+    purge.add_argument("topic", metavar="TOPIC")
+    purge.add_argument("--until", metavar="TIME", help="those dead-lettered before TIME")
+    purge.add_argument("--partition", type=int, metavar="N", help="this partition only")
+    purge.add_argument("--to-offset", type=int, metavar="OFFSET", help="up to OFFSET (included)")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+    purge.set_defaults(command=cmd_dlq_purge)
     return parser
 
 
@@ -748,6 +776,45 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(state)))
     if not state.finished:
         return _fail("interrupted: run the same command again to resume", EXIT_FAILED)
+    return EXIT_OK
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    """``dlq purge``: see DLQ_PURGE_EPILOG."""
+    from ._codec import MsgpackCodec
+    from ._dlq import plan_purge, purge
+
+    configure_logging(args.log_level or "ERROR")
+    config = _kafka_config(args)
+    until = parse_time(args.until, "--until")
+    transport = connect(config)
+    try:
+        plan = plan_purge(
+            transport,
+            args.topic,
+            MsgpackCodec(),
+            until=until,
+            partition=args.partition,
+            to_offset=args.to_offset,
+            timeout=args.timeout,
+        )
+        spans = ", ".join(f"[{p}] {f}-{b - 1}" for p, (f, b) in sorted(plan.partitions.items()))
+        if not plan.count:
+            print(f"{args.topic}: nothing to purge", file=sys.stderr)
+        else:
+            print(f"{args.topic}: {plan.count} dead letter(s) to delete: {spans}", file=sys.stderr)
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    raise ConfigError("purge deletes records: confirm with --yes")
+                answer = input(f"type {args.topic} to delete them: ")
+                if answer.strip() != args.topic:
+                    return _fail("not confirmed: nothing deleted", EXIT_FAILED)
+            purge(transport, plan, args.timeout)
+            print(f"{args.topic}: {plan.count} dead letter(s) deleted", file=sys.stderr)
+    finally:
+        transport.close()
+    if args.json:
+        print(json.dumps(plan.as_json()))
     return EXIT_OK
 
 

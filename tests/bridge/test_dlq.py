@@ -373,3 +373,25 @@ def test_hostile_rerun_headers_are_dead_lettered(transport: Transport) -> None:
     reasons = [dict(r.headers)["eventbus-dlq-reason"] for r in read(transport, svc.dlq, 5)]
     assert all(b"rerun" in r for r in reasons), reasons
     assert svc.flaky_calls == [5] and svc.steady_calls == [5]  # only the plain record ran
+
+
+def test_purge_deletes_from_the_start_up_to_a_time_or_an_offset(transport: Transport) -> None:
+    from bridge._dlq import plan_purge, purge
+
+    svc = dead_letter_some(transport, ["order.placed"] * 4)
+    codec = MsgpackCodec()
+    infos = list(read_topic(transport, svc.dlq, codec))
+    times = [i.dead_lettered_at or 0 for i in infos]
+    assert plan_purge(transport, svc.dlq, codec, until=times[0]).count == 0
+    assert plan_purge(transport, svc.dlq, codec, until=max(times) + 0.001).count == 4
+    plan = plan_purge(transport, svc.dlq, codec, to_offset=1)
+    assert plan.partitions == {0: (0, 2)} and plan.count == 2
+    purge(transport, plan)
+    left = list(read_topic(transport, svc.dlq, codec))
+    assert [i.record.offset for i in left] == [2, 3]
+    assert plan_purge(transport, svc.dlq, codec, partition=1).count == 0
+    everything = plan_purge(transport, svc.dlq, codec)
+    assert everything.partitions == {0: (2, 4)}
+    purge(transport, everything)
+    assert list(read_topic(transport, svc.dlq, codec)) == []
+    assert summarize(transport, svc.dlq, codec).count == 0

@@ -121,6 +121,13 @@ def test_find_fix_replay(
         handled = records(tmp_path / "events.jsonl")
         assert sorted(r["n"] for r in handled) == [0, 1, 2]
         assert [r["pid"] != daemon.process.pid for r in handled] == [False, False, True]
+        # all replayed: purge them (a confirmation is required)
+        refused = cli("dlq", "purge", dlq, "-c", str(config), cwd=tmp_path, env=env)
+        assert refused.process.returncode == 2 and "confirm with --yes" in refused.output
+        purged = run("purge", dlq, "--yes", "--json")
+        assert json.loads(purged.stdout[-1])["count"] == 3
+        [summary] = json.loads("\n".join(run("ls", "--json").stdout))
+        assert summary["count"] == 0
         transport.close()
     finally:
         daemon.process.send_signal(signal.SIGTERM)
