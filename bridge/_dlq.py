@@ -236,6 +236,7 @@ class TopicReader:
             raise TransportError(f"topic {topic!r} does not exist")
         self.topic = topic
         self.timeout = timeout
+        self._transport = transport
         self._stop = stop or threading.Event()
         self._consumer: Consumer = transport.consumer(group, [topic], from_beginning=True)
         self.ends: dict[int, int] = {}
@@ -259,8 +260,9 @@ class TopicReader:
             record = consumer.poll(0.1)
             if record is not None:  # a partition assigned before the others: read it again
                 consumer.seek(record)
+        marks = self._transport.watermarks(self.topic, self.timeout)
         for partition in range(partitions):
-            self.ends[partition] = consumer.watermarks(self.topic, partition, self.timeout)[1]
+            self.ends[partition] = marks[partition][1]
             self.starts[partition] = consumer.position(self.topic, partition) or 0
 
     @property
@@ -678,17 +680,17 @@ def plan_purge(
     partitions = transport.list_topics(timeout=timeout).get(topic)
     if partitions is None:
         raise TransportError(f"topic {topic!r} does not exist")
-    group = f"eventbus-bridge-dlq-{uuid.uuid4().hex}"
-    with TopicReader(transport, topic, group, timeout=timeout) as reader:
-        marks = {p: reader._consumer.watermarks(topic, p, timeout) for p in range(partitions)}
-        cut = {p: high for p, (_low, high) in marks.items()}
-        if until is not None:
+    marks = transport.watermarks(topic, timeout)
+    cut = {p: high for p, (_low, high) in marks.items()}
+    if until is not None:
+        group = f"eventbus-bridge-dlq-{uuid.uuid4().hex}"
+        with TopicReader(transport, topic, group, timeout=timeout) as reader:
             open_partitions = set(cut)
             for record in reader:
                 if record.partition in open_partitions:
                     at = record.timestamp_ms
                     if at is None or at / 1000 >= until:
-                        cut[record.partition] = record.offset
+                        cut[record.partition] = min(cut[record.partition], record.offset)
                         open_partitions.discard(record.partition)
     plan = PurgePlan(topic)
     for p, (low, _high) in marks.items():

@@ -542,19 +542,6 @@ class _KafkaConsumer(Consumer):
         # Nothing returned yet: the start fixed at assignment (or by the last pause).
         return int(tp.offset) if tp.offset >= 0 else self._starts.get((topic, partition))
 
-    def watermarks(self, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
-        try:
-            marks = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=max(timeout, 0.001), cached=False
-            )
-        except KafkaException as exc:
-            raise _translate(exc, f"cannot read the offsets of {topic}[{partition}]") from exc
-        except RuntimeError as exc:  # the consumer was closed
-            raise TransportError(f"cannot read the offsets of {topic}[{partition}]: {exc}") from exc
-        if marks is None:
-            raise TransportError(f"no offsets of {topic}[{partition}] within {timeout:g} s")
-        return int(marks[0]), int(marks[1])
-
     def seek(self, record: Record) -> None:
         tp = TopicPartition(record.topic, record.partition, record.offset)
         try:
@@ -702,6 +689,29 @@ class KafkaTransport(Transport):
             if time.monotonic() >= deadline:
                 raise TransportError(f"topics not ready after {timeout}s: {pending}")
             time.sleep(0.05)  # metadata has no change notification; poll it briefly
+
+    def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """Per partition: the earliest and the latest offset (AdminClient.list_offsets)."""
+        deadline = time.monotonic() + timeout
+        meta = self._metadata(timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise TransportError(f"no offsets of {topic!r}: no such topic")
+        marks: dict[int, list[int]] = {p: [0, 0] for p in meta.partitions}
+        specs: Any = getattr(confluent_kafka.admin, "OffsetSpec")  # noqa: B009 - untyped
+        for index, spec in enumerate((specs.earliest(), specs.latest())):
+            request = {TopicPartition(topic, p): spec for p in marks}
+            try:
+                futures = self._admin_client().list_offsets(
+                    request, request_timeout=max(deadline - time.monotonic(), 0.001)
+                )
+                for tp, future in futures.items():
+                    result = future.result(timeout=max(deadline - time.monotonic(), 0.001))
+                    marks[tp.partition][index] = int(result.offset)
+            except KafkaException as exc:
+                raise _translate(exc, f"cannot read the offsets of {topic!r}") from exc
+            except TimeoutError as exc:
+                raise TransportError(f"reading the offsets of {topic!r} timed out") from exc
+        return {p: (low, high) for p, (low, high) in sorted(marks.items())}
 
     def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
         """Delete the records before the given offsets (AdminClient.delete_records)."""

@@ -464,13 +464,6 @@ class _MemoryConsumer(Consumer):
         with self._cond:
             return self._positions.get((topic, partition))
 
-    def watermarks(self, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
-        with self._cond:
-            logs = self._broker._logs.get(topic)
-            if logs is None or not 0 <= partition < len(logs):
-                raise TransportError(f"unknown partition {topic}[{partition}]")
-            return self._broker._low.get((topic, partition), 0), len(logs[partition])
-
     def seek(self, record: Record) -> None:
         tp = (record.topic, record.partition)
         with self._cond:
@@ -556,6 +549,15 @@ class MemoryTransport(Transport):
         with self.broker._cond:
             for topic in topics:
                 self.broker._create(topic, partitions)
+
+    def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """Per partition: the first offset kept and the end. Never blocks."""
+        broker = self.broker
+        with broker._cond:
+            logs = broker._logs.get(topic)
+            if logs is None:
+                raise TransportError(f"no offsets of {topic!r}: no such topic")
+            return {p: (broker._low.get((topic, p), 0), len(log)) for p, log in enumerate(logs)}
 
     def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
         """Delete the records before the given offsets (their slots are freed)."""

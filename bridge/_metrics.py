@@ -10,14 +10,16 @@ end offsets the consumer already knows (no broker round trip), refreshed every s
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ._bridge import Bridge
-from ._errors import ConfigError
+from ._errors import ConfigError, TransportError
 
+log = logging.getLogger("bridge.metrics")
 INSTALL_HINT = "pip install eventbus-bridge[metrics]"
 
 # (metric name without _total, Stats field, help)
@@ -63,6 +65,10 @@ def require_prometheus() -> Any:
     return prometheus_client
 
 
+DEPTH_TIMEOUT = 2.0
+"""Seconds a scrape waits for the dead-letter topics' offsets before it leaves them out."""
+
+
 class BridgeCollector:
     """Exposes one bridge's ``Stats`` as Prometheus metrics, read at scrape time."""
 
@@ -94,11 +100,37 @@ class BridgeCollector:
             )
             lag.add_metric([bridge.service], stats.consumer_lag)
             yield lag
+        depth = self._dead_letter_depth(core, labels)
+        if depth is not None:
+            yield depth
         healthy = core.GaugeMetricFamily(
             "eventbus_bridge_healthy", "1 while the bridge runs and is healthy.", labels=labels
         )
         healthy.add_metric([bridge.service], 1.0 if bridge.healthy else 0.0)
         yield healthy
+
+    def _dead_letter_depth(self, core: Any, labels: list[str]) -> Any:
+        """Records in each dead-letter topic (end minus first offset), from the broker;
+        None when it does not answer in ``DEPTH_TIMEOUT`` (the scrape goes on)."""
+        bridge = self.bridge
+        topics = list(dict.fromkeys(r.dead_letter_topic for r in bridge.routes if r.is_inbound))
+        if not topics:
+            return None
+        family = core.GaugeMetricFamily(
+            "eventbus_bridge_dead_letter_records",
+            "Records in a dead-letter topic (its end offsets minus its first ones).",
+            labels=[*labels, "topic"],
+        )
+        for topic in topics:
+            try:
+                marks = bridge.transport.watermarks(topic, DEPTH_TIMEOUT)
+            except TransportError as exc:
+                log.debug("no offsets of %s for /metrics: %s", topic, exc)
+                continue
+            family.add_metric(
+                [bridge.service, topic], sum(high - low for low, high in marks.values())
+            )
+        return family
 
 
 class MetricsServer:

@@ -163,11 +163,6 @@ class Consumer(ABC):
         (after the last one returned, else its start); None when it is not assigned."""
 
     @abstractmethod
-    def watermarks(self, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:
-        """The partition's first offset and the offset its next record will get, from the
-        broker (any partition, assigned or not). ``TransportError`` after ``timeout``."""
-
-    @abstractmethod
     def seek(self, record: Record) -> None:
         """Rewind ``record``'s (assigned) partition to ``record``: it is the next record
         returned from that partition, then the ones after it (also those already returned
@@ -226,6 +221,11 @@ class Transport(ABC):
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
         """Return ``{topic: partition count}`` for every topic; ``TransportError`` if the
         broker cannot be reached within ``timeout`` seconds."""
+
+    @abstractmethod
+    def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """Per partition of ``topic``: its first offset and the offset its next record will
+        get, from the broker. ``TransportError`` for a missing topic or after ``timeout``."""
 
     def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
         """Delete the records of ``topic`` before offset ``before[partition]`` of each

@@ -438,14 +438,15 @@ def test_failures_only_producer_reports_failures_and_nothing_else(transport, new
     assert failing.in_flight() == 0
 
 
-def test_position_and_watermarks(new_topic, producer, consumers):
+def test_position_and_watermarks(transport, new_topic, producer, consumers):
     topic, group = new_topic(2), group_id()
     keys = keys_per_partition(producer, topic, 2)
     consumer = consumers(group, [topic], from_beginning=True)
     early: list[Record] = []
     ready(consumer, records=early)
-    ends = {p: consumer.watermarks(topic, p, DEADLINE)[1] for p in (0, 1)}
-    assert all(consumer.watermarks(topic, p, DEADLINE)[0] == 0 for p in (0, 1))
+    marks = transport.watermarks(topic, DEADLINE)
+    assert sorted(marks) == [0, 1] and all(low == 0 for low, _ in marks.values())
+    ends = {p: high for p, (_, high) in marks.items()}
     assert sum(ends.values()) >= 2
     assert consumer.position(topic, 0) is not None
     assert consumer.position("no-such-topic", 0) is None
@@ -453,10 +454,21 @@ def test_position_and_watermarks(new_topic, producer, consumers):
     for p in (0, 1):
         assert consumer.position(topic, p) == ends[p]
     produce_all(producer, topic, [(keys[1], b"more")])
-    assert consumer.watermarks(topic, 1, DEADLINE)[1] == ends[1] + 1
+    assert transport.watermarks(topic, DEADLINE)[1] == (0, ends[1] + 1)
     assert len(early + records) == sum(ends.values())
     with pytest.raises(TransportError):
-        consumer.watermarks(topic, 7, 2.0)
+        transport.watermarks(f"no-such-topic-{uuid.uuid4().hex}", 2.0)
+
+
+def test_delete_records_moves_the_first_offset(transport, new_topic, producer, consumers):
+    topic = new_topic()
+    produce_all(producer, topic, [(None, b"a"), (None, b"b"), (None, b"c")])
+    transport.delete_records(topic, {0: 2}, DEADLINE)
+    assert transport.watermarks(topic, DEADLINE) == {0: (2, 3)}
+    consumer = consumers(group_id(), [topic], from_beginning=True)
+    early: list[Record] = []
+    ready(consumer, records=early)
+    assert values(early + read_until(consumer, lambda rs: len(early + rs) >= 1, "c")) == [b"c"]
 
 
 def test_seek_rewinds_a_paused_partition_to_a_record(new_topic, producer, consumers):
