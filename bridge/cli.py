@@ -759,7 +759,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             to_topic=args.target_topic,
             bus=default_bus,
             service=config.service,
-            name=args.name,
+            name=args.name or _replay_name(args),
             dry_run=args.dry_run,
             timeout=args.timeout,
             stop=stop,
@@ -816,6 +816,27 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.as_json()))
     return EXIT_OK
+
+
+def _replay_name(args: argparse.Namespace) -> str:
+    """A replay's default name: a digest of the command's target and filters as typed,
+    so that the same command (``--since 2h`` included) resumes the same replay."""
+    import hashlib
+
+    typed = [
+        args.target,
+        args.target_topic,
+        args.types,
+        args.reasons,
+        args.handlers,
+        args.since,
+        args.until,
+        args.partition,
+        args.from_offset,
+        args.to_offset,
+    ]
+    digest = hashlib.sha256(json.dumps(typed).encode()).hexdigest()[:10]
+    return f"{args.target}-{digest}"
 
 
 def _selection(args: argparse.Namespace) -> Any:

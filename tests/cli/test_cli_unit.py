@@ -287,3 +287,14 @@ def test_metrics_count_dead_letters_and_delayed_retries() -> None:
         assert 'eventbus_bridge_retries_handled_total{service="svc"} 1.0' in text
     finally:
         server.close()
+
+
+def test_the_same_replay_command_has_the_same_name_whatever_the_time() -> None:
+    from bridge.cli import _replay_name, build_parser
+
+    parser = build_parser()
+    first = parser.parse_args(["dlq", "replay", "t.dlq", "--since", "2h", "--type", "a.*"])
+    again = parser.parse_args(["dlq", "replay", "t.dlq", "--since", "2h", "--type", "a.*"])
+    other = parser.parse_args(["dlq", "replay", "t.dlq", "--since", "3h", "--type", "a.*"])
+    assert _replay_name(first) == _replay_name(again) != _replay_name(other)
+    assert _replay_name(first).startswith("topic-")
