@@ -21,23 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from bench_bridge import bootstrap
+
 from bridge import Bridge, KafkaTransport, Route
 from eventbus import EventBus
-
-
-def bootstrap() -> str:
-    address = os.environ.get("KAFKA_BOOTSTRAP")
-    if not address:
-        sys.exit("set KAFKA_BOOTSTRAP (scripts/kafka start prints it)")
-    return address
 
 
 def fill(topic: str, records: int, keys: int) -> None:
