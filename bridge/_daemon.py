@@ -27,7 +27,7 @@ from eventbus import EventBus, default_bus
 from ._bridge import Bridge
 from ._config import Config, masked
 from ._errors import ConfigError, TransportError
-from ._metrics import require_prometheus, serve_metrics
+from ._metrics import MetricsServer, serve_metrics
 from ._transport import Transport
 
 log = logging.getLogger("bridge.daemon")
@@ -39,6 +39,8 @@ EXIT_UNAVAILABLE = 3  # the broker could not be reached, or the bridge not made 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 HEALTH_CHECK_INTERVAL = 1.0
+CONNECT_STEP = 0.5  # seconds per attempt to reach the broker: signals wait no longer
+WAIT_LOG_INTERVAL = 5.0  # seconds between two lines on what the daemon waits for
 
 
 class DaemonError(Exception):
@@ -77,8 +79,10 @@ def import_modules(modules: Sequence[str]) -> None:
 def connect(config: Config, transport: Transport | None = None) -> Transport:
     """Return a transport that reached the broker within ``config.ready_timeout``.
 
-    Raises DaemonError (EXIT_CONFIG for bad Kafka settings, EXIT_UNAVAILABLE when the
-    broker does not answer in time).
+    The broker is asked in steps of at most ``CONNECT_STEP`` seconds, so that a signal
+    (Ctrl-C, SIGTERM) is served within about that long. Raises DaemonError (EXIT_CONFIG
+    for bad Kafka settings, EXIT_UNAVAILABLE when the broker does not answer in time),
+    or ``Interrupted`` when the daemon's ``stop`` event is set meanwhile.
     """
     try:
         transport = transport if transport is not None else config.make_transport()
@@ -86,16 +90,35 @@ def connect(config: Config, transport: Transport | None = None) -> Transport:
         raise DaemonError(str(exc), EXIT_CONFIG) from exc
     except Exception as exc:  # librdkafka rejects a property: KafkaException, ValueError
         raise DaemonError(f"bad [kafka] settings: {_one_line(exc)}", EXIT_CONFIG) from exc
-    try:
-        transport.list_topics(timeout=max(config.ready_timeout, 0.1))
-    except TransportError as exc:
-        transport.close()
-        raise DaemonError(
-            f"cannot reach the Kafka broker at {config.bootstrap or '?'} within "
-            f"{config.ready_timeout:g} s: {exc}",
-            EXIT_UNAVAILABLE,
-        ) from exc
-    return transport
+    deadline = time.monotonic() + max(config.ready_timeout, 0.1)
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            transport.list_topics(timeout=max(0.05, min(CONNECT_STEP, left)))
+            return transport
+        except TransportError as exc:
+            if _stop.is_set():
+                transport.close()
+                raise Interrupted from None
+            if time.monotonic() < deadline:
+                continue
+            transport.close()
+            raise DaemonError(
+                f"cannot reach the Kafka broker at {config.bootstrap or '?'} within "
+                f"{config.ready_timeout:g} s: {exc}",
+                EXIT_UNAVAILABLE,
+            ) from exc
+        except BaseException:
+            transport.close()
+            raise
+
+
+class Interrupted(Exception):
+    """A signal asked the daemon to stop before it was ready: it stops at once."""
+
+
+# Set by the daemon's signal handler; startup steps check it between their broker calls.
+_stop = threading.Event()
 
 
 @contextlib.contextmanager
@@ -131,11 +154,16 @@ def hosted(
 def run(config: Config, transport: Transport | None = None, bus: EventBus = default_bus) -> int:
     """Serve ``config`` until SIGTERM or SIGINT; return the process exit status.
 
-    0 after a clean drain; 1 if the bridge failed while running; 2 for a bad handler
-    module or bad Kafka settings; 3 if the broker could not be reached or the bridge
-    not made ready within ``ready_timeout``. A second signal exits at once (128+signal).
+    0 after a clean drain, or when stopped by a signal before it was ready (within about
+    a second: nothing was handled yet); 1 if the bridge failed while running; 2 for a
+    bad handler module, bad Kafka settings or a missing topic it may not create; 3 if
+    the broker could not be reached within ``ready_timeout``. Once the broker answers,
+    the daemon waits for its group's assignment as long as the group needs (a crashed
+    member's session must time out first), logging why every ``WAIT_LOG_INTERVAL``
+    seconds. A second signal exits at once (128+signal).
     """
-    stop = threading.Event()
+    stop = _stop
+    stop.clear()
     received: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -148,6 +176,9 @@ def run(config: Config, transport: Transport | None = None, bus: EventBus = defa
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _serve(config, transport, bus, stop, received)
+    except Interrupted:
+        log.info("%s received while starting: stopped", _signal_name(received))
+        return EXIT_OK
     except DaemonError as exc:
         log.error("%s", exc)
         return exc.status
@@ -170,24 +201,47 @@ def _serve(
         len(config.routes),
         ", ".join(f"{k}={v}" for k, v in sorted(masked(config.kafka).items())) or "-",
     )
-    try:
-        if config.metrics_port is not None:
-            require_prometheus()  # fail before connecting, not after
-        import_modules(config.modules)
-    except ConfigError as exc:
-        raise DaemonError(str(exc), EXIT_CONFIG) from exc
-    transport = connect(config, transport)
     metrics = None
     try:
-        bridge = config.build_bridge(bus, transport)
         if config.metrics_port is not None:
-            try:
-                metrics = serve_metrics(bridge, config.metrics_host, config.metrics_port)
-            except ConfigError as exc:
-                raise DaemonError(str(exc), EXIT_CONFIG) from exc
+            # First of all: /healthz answers (503) while the daemon starts.
+            metrics = serve_metrics(None, config.metrics_host, config.metrics_port, config.service)
             log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
-        started = time.monotonic()
-        _start(bridge)
+        import_modules(config.modules)
+    except ConfigError as exc:
+        if metrics is not None:
+            metrics.close()
+        raise DaemonError(str(exc), EXIT_CONFIG) from exc
+    try:
+        if stop.is_set():
+            raise Interrupted
+        transport = connect(config, transport)
+        try:
+            return _serve_bridge(config, transport, bus, stop, received, metrics)
+        finally:
+            transport.close()
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _serve_bridge(
+    config: Config,
+    transport: Transport,
+    bus: EventBus,
+    stop: threading.Event,
+    received: list[int],
+    metrics: MetricsServer | None,
+) -> int:
+    bridge = config.build_bridge(bus, transport)
+    if metrics is not None:
+        metrics.bridge = bridge
+    started = time.monotonic()
+    _start(bridge, wait=False)
+    try:
+        if not _wait_ready(bridge, config, transport, stop):
+            log.info("%s received while starting: stopping", _signal_name(received))
+            return EXIT_OK
         log.info(
             "ready: service %s, group %s, %d route(s), in %.1f s",
             config.service,
@@ -197,38 +251,75 @@ def _serve(
         )
         status = EXIT_OK
         while not stop.wait(HEALTH_CHECK_INTERVAL):
-            if not bridge.healthy:
+            if bridge.failed:
                 log.error("the bridge failed (see above): stopping")
                 status = EXIT_FAILED
                 break
         if received:
             log.info(
-                "%s received: draining (a second signal exits at once)",
-                signal.Signals(received[0]).name,
+                "%s received: draining (a second signal exits at once)", _signal_name(received)
             )
-        bridge.stop()
-        s = bridge.stats
-        log.info(
-            "stopped: %d in, %d handled, %d retried, %d dead-lettered; %d out, %d delivered, "
-            "%d failed",
-            s.received,
-            s.handled,
-            s.retried,
-            s.dead_lettered,
-            s.produced,
-            s.delivered,
-            s.delivery_failed,
-        )
-        return status
     finally:
-        if metrics is not None:
-            metrics.close()
-        transport.close()
+        bridge.stop()
+    s = bridge.stats
+    log.info(
+        "stopped: %d in, %d handled, %d retried, %d dead-lettered; %d out, %d delivered, %d failed",
+        s.received,
+        s.handled,
+        s.retried,
+        s.dead_lettered,
+        s.produced,
+        s.delivered,
+        s.delivery_failed,
+    )
+    return status
 
 
-def _start(bridge: Bridge) -> None:
+def _wait_ready(
+    bridge: Bridge, config: Config, transport: Transport, stop: threading.Event
+) -> bool:
+    """Wait until ``bridge`` has its partitions, as long as the group needs; False when
+    stopped meanwhile. Logs what it waits for every ``WAIT_LOG_INTERVAL`` seconds."""
+    started = time.monotonic()
+    next_log = started + WAIT_LOG_INTERVAL
+    while not bridge.ready:
+        if bridge.failed:
+            raise DaemonError("the bridge failed while starting (see above)", EXIT_FAILED)
+        if stop.wait(0.1):
+            return False
+        now = time.monotonic()
+        if now >= next_log:
+            next_log = now + WAIT_LOG_INTERVAL
+            topics = sorted({r.topic for r in bridge.routes if r.is_inbound})
+            session = config.kafka.get("session.timeout.ms", f"{session_timeout_ms()} (default)")
+            state = transport.describe_group(bridge.group, timeout=1.0)
+            log.warning(
+                "waiting %.0f s for an assignment of %s from group %r: the group is "
+                "rebalancing, or a member that crashed (this service before a restart?) "
+                "holds the partitions until its session times out (session.timeout.ms = %s)%s",
+                now - started,
+                ", ".join(topics),
+                bridge.group,
+                session,
+                f"; {state}" if state else "",
+            )
+    return True
+
+
+def session_timeout_ms() -> int:
+    """The consumer's ``session.timeout.ms`` when the configuration does not set it."""
+    from ._kafka import CONSUMER_DEFAULTS, LIBRDKAFKA_SESSION_TIMEOUT_MS
+
+    return int(CONSUMER_DEFAULTS.get("session.timeout.ms", LIBRDKAFKA_SESSION_TIMEOUT_MS))
+
+
+def _signal_name(received: Sequence[int]) -> str:
+    return signal.Signals(received[0]).name if received else "a signal"
+
+
+def _start(bridge: Bridge, *, wait: bool = True) -> None:
     try:
-        bridge.start()
+        bridge.start(wait=wait)
     except TransportError as exc:  # NotReadyError included
         raise DaemonError(f"the bridge did not start: {exc}", EXIT_UNAVAILABLE) from exc
     except ConfigError as exc:

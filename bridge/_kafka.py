@@ -55,6 +55,9 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "partition.assignment.strategy": "cooperative-sticky",
 }
 
+LIBRDKAFKA_SESSION_TIMEOUT_MS = 45_000
+"""librdkafka's own default ``session.timeout.ms``."""
+
 PRODUCER_ONLY = frozenset(
     {
         "acks",
@@ -661,6 +664,28 @@ class KafkaTransport(Transport):
             if time.monotonic() >= deadline:
                 raise TransportError(f"topics not ready after {timeout}s: {pending}")
             time.sleep(0.05)  # metadata has no change notification; poll it briefly
+
+    def describe_group(self, group: str, timeout: float = 5.0) -> str | None:
+        """``group 'g' is PREPARING_REBALANCE, 2 member(s): rdkafka-1f2e (static id
+        svc-1) on /10.0.0.5, ...``: what a member waiting for its assignment waits for."""
+        try:
+            future = self._admin_client().describe_consumer_groups(
+                [group], request_timeout=max(timeout, 0.001)
+            )[group]
+            found = future.result(timeout=max(timeout, 0.001))
+        except Exception as exc:  # only for a log line
+            log.debug("describing group %s failed: %s", group, exc)
+            return None
+        state = getattr(found.state, "name", str(found.state))
+        members = [
+            f"{m.client_id or m.member_id}"
+            + (f" (static id {m.group_instance_id})" if m.group_instance_id else "")
+            + f" on {m.host}"
+            for m in found.members
+        ]
+        return f"group {group!r} is {state}, {len(members)} member(s)" + (
+            ": " + ", ".join(members) if members else ""
+        )
 
     def close(self) -> None:
         """Drop the shared admin client. Idempotent."""
