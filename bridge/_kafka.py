@@ -6,7 +6,8 @@ Consumer: ``enable.auto.offset.store=false`` (only ``store()``d records are comm
 ``enable.auto.commit=true`` (stored offsets are committed every
 ``auto.commit.interval.ms``), ``auto.offset.reset=latest`` and
 ``partition.assignment.strategy=cooperative-sticky``: a rebalance only moves the partitions
-that must move, so the members that keep theirs never stop consuming.
+that must move, so the members that keep theirs never stop consuming;
+``session.timeout.ms=10000``: a crashed member's partitions move after 10 s, not 45.
 
 One config may hold producer and consumer keys (one ``[kafka]`` section). librdkafka warns
 about a key of the other client type, so the well-known producer-only keys are dropped
@@ -53,6 +54,10 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.commit": True,
     "auto.offset.reset": "latest",
     "partition.assignment.strategy": "cooperative-sticky",
+    # A crashed member holds its partitions this long (librdkafka: 45 s); heartbeats come
+    # from librdkafka's own thread, so a slow handler does not end a session (that is
+    # max.poll.interval.ms). docs/operations.md, "Restarting after a crash".
+    "session.timeout.ms": 10_000,
 }
 
 LIBRDKAFKA_SESSION_TIMEOUT_MS = 45_000

@@ -48,8 +48,9 @@ direction = "in"
 """
 
 
-def start_daemon(config: Path, out: Path) -> subprocess.Popen[str]:
-    """Run ``eventbus-bridge run -c config`` and return once it logged that it is ready."""
+def start_daemon(config: Path, out: Path, seen: list[str] | None = None) -> subprocess.Popen[str]:
+    """Run ``eventbus-bridge run -c config`` and return once it logged that it is ready
+    (the lines logged until then are appended to ``seen``)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "run", "-c", str(config)],
         cwd=ROOT,
@@ -58,7 +59,7 @@ def start_daemon(config: Path, out: Path) -> subprocess.Popen[str]:
         env={**os.environ, "CRASH_TEST_OUT": str(out)},
     )
     assert proc.stderr is not None
-    seen = []
+    seen = [] if seen is None else seen
     for line in proc.stderr:  # blocks until the daemon is ready (or has died)
         seen.append(line)
         if "ready: service crash-test" in line:
@@ -123,8 +124,11 @@ def test_kill_9_in_the_middle_then_restart(
     before_kill = count(out)
 
     restarted = time.monotonic()
-    daemon = start_daemon(config, out)
+    logged: list[str] = []
+    daemon = start_daemon(config, out, logged)
     ready = time.monotonic() - restarted
+    if not static:  # it waited for the killed member's session, and said so
+        assert any("session.timeout.ms" in line for line in logged), "".join(logged)
     try:
         wait_for(
             lambda: len({line.split()[1] for line in lines(out)}) == EVENTS,
