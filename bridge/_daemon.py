@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import Any
 
 from eventbus import EventBus, default_bus
 
@@ -91,6 +92,7 @@ def connect(config: Config, transport: Transport | None = None) -> Transport:
     except Exception as exc:  # librdkafka rejects a property: KafkaException, ValueError
         raise DaemonError(f"bad [kafka] settings: {_one_line(exc)}", EXIT_CONFIG) from exc
     deadline = time.monotonic() + max(config.ready_timeout, 0.1)
+    log.debug("reaching the Kafka broker at %s", config.bootstrap or "?")
     while True:
         left = deadline - time.monotonic()
         try:
@@ -110,7 +112,22 @@ def connect(config: Config, transport: Transport | None = None) -> Transport:
             ) from exc
         except BaseException:
             transport.close()
+            if _stop.is_set():  # a KeyboardInterrupt inside librdkafka's C code may
+                raise Interrupted from None  # come out as another error (a TypeError)
             raise
+
+
+def interrupt_on_sigint() -> Any:
+    """Install a SIGINT handler for the short-lived commands (check, emit, tail): it sets
+    the stop event that ``connect`` checks and raises KeyboardInterrupt. Returns the
+    previous handler."""
+
+    def on_sigint(_signum: int, _frame: FrameType | None) -> None:
+        _stop.set()
+        raise KeyboardInterrupt
+
+    _stop.clear()
+    return signal.signal(signal.SIGINT, on_sigint)
 
 
 class Interrupted(Exception):

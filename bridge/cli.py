@@ -5,7 +5,8 @@ a user's mistake: every failure is one line on stderr, ``eventbus-bridge: error:
 
 Exit statuses: 0 success; 1 a failure at run time (an event not delivered, a problem
 found by ``check``, the bridge failing while running); 2 a bad command line,
-configuration or handler module; 3 the broker could not be reached in time.
+configuration or handler module; 3 the broker could not be reached in time; 130 Ctrl-C
+(``check``, ``emit``, ``tail``; ``run`` drains and exits 0).
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ from ._daemon import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     DaemonError,
+    Interrupted,
     configure_logging,
     connect,
     import_modules,
+    interrupt_on_sigint,
 )
 from ._errors import BridgeError, ConfigError, TransportError
 
 PROG = "eventbus-bridge"
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
 DEFAULT_TIMEOUT = 10.0
 
 MAIN_EPILOG = """\
@@ -51,7 +55,7 @@ examples:
   eventbus-bridge emit user.registered user_id=42 email=a@example.com --topic users
 
 exit status: 0 ok, 1 failed at run time, 2 bad command line or configuration,
-3 the broker could not be reached in time. See docs/operations.md.
+3 the broker could not be reached in time, 130 interrupted (Ctrl-C). See docs/operations.md.
 """
 
 RUN_EPILOG = """\
@@ -81,7 +85,8 @@ examples:
 TAIL_EPILOG = """\
 Reads the topic with a throwaway consumer group (nothing is committed) and prints one
 line per record: time, topic/partition@offset, type, source, key, payload. Records
-that cannot be decoded are shown as UNDECODABLE with the reason. Stops on Ctrl-C.
+that cannot be decoded are shown as UNDECODABLE with the reason. Stops on Ctrl-C
+(exit status 130; 143 on SIGTERM), or after -n records (0).
 With --json, one JSON object per line (datetime, UUID and Decimal as text, bytes as
 base64; undecodable records have an "error" field).
 
@@ -108,8 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = interrupt_on_sigint()  # run installs its own handlers
     try:
         status: int = args.command(args)
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C: no traceback, the shell's status
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except DaemonError as exc:
         return _fail(str(exc), exc.status)
     except ConfigError as exc:
@@ -118,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_UNAVAILABLE)
     except BridgeError as exc:
         return _fail(str(exc), EXIT_FAILED)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return status
 
 
@@ -330,7 +341,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
             consumer.close()
     finally:
         transport.close()
-    return EXIT_OK
+    return 128 + stop.signum if stop.signum else EXIT_OK
 
 
 def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
@@ -473,11 +484,18 @@ def _with_timeout(config: Config, timeout: float) -> Config:
     return replace(config, ready_timeout=timeout)
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (this is the CLI: it may install handlers)."""
-    stop = threading.Event()
+class _Stop(threading.Event):
+    """Set by SIGTERM or SIGINT; ``signum`` says which came first."""
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+    signum = 0
+
+
+def _stop_on_signals() -> _Stop:
+    """An event set by SIGTERM or SIGINT (this is the CLI: it may install handlers)."""
+    stop = _Stop()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.signum = stop.signum or signum
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
