@@ -188,7 +188,7 @@ BRIDGE_CONSTRUCTOR_KEYS = (
     "outbox_max_events",
     "dedup_path",
 )
-ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq")
+ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq", "require_handlers")
 SECTIONS = ("bridge", "kafka", "route")
 
 
@@ -223,6 +223,8 @@ class Config:
     metrics_host: str = "127.0.0.1"
     kafka: Mapping[str, KafkaValue] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    optional_handlers: frozenset[Route] = frozenset()
+    """Inbound routes whose signals may have no handler (``require_handlers = false``)."""
     source: str = "<defaults>"
     """Where the file came from (its path), for messages."""
 
@@ -262,6 +264,27 @@ class Config:
             **self.bridge_options(),
         )
 
+    def check_handlers(self, bus: EventBus) -> None:
+        """ConfigError when an inbound route's signals have no handler on ``bus`` (the
+        events would be received, counted as handled and committed with nobody running),
+        unless the route says ``require_handlers = false``."""
+        from ._routes import unhandled_signals
+
+        for route in self.routes:
+            if not route.is_inbound or route in self.optional_handlers:
+                continue
+            missing = unhandled_signals(route, bus)
+            if missing:
+                modules = ", ".join(self.modules) or "none"
+                raise ConfigError(
+                    f"{self.source}: {describe_route(route)}: no handler for "
+                    f"{', '.join(missing)} on {_bus_name(bus)} after importing the "
+                    f"[bridge] modules ({modules}): events would be committed unhandled. "
+                    "Handler modules register on eventbus.default_bus (not an EventBus() "
+                    "of their own); if no handler is intended, set require_handlers = false "
+                    "on the route"
+                )
+
     def describe(self) -> list[str]:
         """Human-readable lines summing up the configuration, secrets masked."""
         lines = [f"service {self.service!r} (group {self.group or self.service!r})"]
@@ -271,6 +294,12 @@ class Config:
         for route in self.routes:
             lines.append(describe_route(route))
         return lines
+
+
+def _bus_name(bus: EventBus) -> str:
+    from eventbus import default_bus
+
+    return "eventbus.default_bus" if bus is default_bus else f"the bus {bus!r}"
 
 
 def describe_route(route: Route) -> str:
@@ -408,7 +437,14 @@ def parse_config(
         settings[key] = value
 
     routes = tuple(_route(i, r, source) for i, r in enumerate(routes_data, 1))
-    return Config(**options, kafka=settings, routes=routes, source=source)
+    optional = frozenset(
+        route
+        for route, data in zip(routes, routes_data, strict=True)
+        if data.get("require_handlers") is False
+    )
+    return Config(
+        **options, kafka=settings, routes=routes, optional_handlers=optional, source=source
+    )
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -502,6 +538,11 @@ def _route(number: int, data: Any, source: str) -> Route:
             raise ConfigError(
                 f"{where}: {key} expects a string, got {_type_name(data[key])} ({data[key]!r})"
             )
+    if not isinstance(data.get("require_handlers", True), bool):
+        value = data["require_handlers"]
+        raise ConfigError(
+            f"{where}: require_handlers expects a boolean, got {_type_name(value)} ({value!r})"
+        )
     try:
         return Route(
             (signals,) if isinstance(signals, str) else tuple(signals),

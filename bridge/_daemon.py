@@ -150,6 +150,7 @@ def hosted(
     """
     try:
         import_modules(config.modules)
+        config.check_handlers(bus)
     except ConfigError as exc:
         raise DaemonError(str(exc), EXIT_CONFIG) from exc
     if not config.routes:
@@ -225,6 +226,7 @@ def _serve(
             metrics = serve_metrics(None, config.metrics_host, config.metrics_port, config.service)
             log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
         import_modules(config.modules)
+        config.check_handlers(bus)
     except ConfigError as exc:
         if metrics is not None:
             metrics.close()

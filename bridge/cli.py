@@ -27,6 +27,8 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
+from eventbus import default_bus
+
 from ._config import Config, describe_route, load_config
 from ._daemon import (
     EXIT_CONFIG,
@@ -266,6 +268,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     import_modules(config.modules)
     if config.modules:
         print(f"  modules imported: {', '.join(config.modules)}", file=out)
+    config.check_handlers(default_bus)
     if not config.routes and not config.bootstrap:
         print("no routes and no broker: local signals only (a monolith)", file=out)
         print("ok", file=out)

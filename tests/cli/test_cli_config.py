@@ -326,5 +326,56 @@ def test_the_reference_documents_every_key() -> None:
     for key in BRIDGE_OPTIONS:
         assert f"`{key}`" in reference, key
         assert f"EVENTBUS_BRIDGE_{key.upper()}" in reference, key
-    for key in ("signals", "topic", "direction", "key", "dlq"):
+    for key in ("signals", "topic", "direction", "key", "dlq", "require_handlers"):
         assert f"`{key}`" in reference, key
+
+
+def test_an_inbound_route_without_handlers_is_refused_naming_route_signals_and_bus(
+    write,
+) -> None:
+    config = load(MINIMAL, write)
+    bus = EventBus()
+    with pytest.raises(ConfigError) as info:
+        config.check_handlers(bus)
+    message = str(info.value)
+    assert "route in   user.registered <- users" in message
+    assert "no handler for user.registered on the bus" in message
+    assert "require_handlers = false" in message
+
+    bus.on("user.*")(lambda sender, **_: None)
+    config.check_handlers(bus)  # a pattern covers it
+
+    optional = load(MINIMAL + "require_handlers = false\n", write)
+    optional.check_handlers(EventBus())  # said to be intended
+    assert "expects a boolean" in error_of(MINIMAL + 'require_handlers = "no"\n', write)
+
+
+def test_outbound_routes_need_no_handlers(write) -> None:
+    config = load(MINIMAL.replace('"in"', '"out"'), write)
+    config.check_handlers(EventBus())
+
+
+@pytest.mark.parametrize(
+    ("route", "handler", "covered"),
+    [
+        ("user.registered", "user.registered", True),
+        ("user.registered", "user.*", True),
+        ("user.*", "user.registered", True),
+        ("user.*", "user.**", True),
+        ("user.reg*", "user.*ed", True),
+        ("user.**.done", "user.*.done", True),
+        ("**", "order.placed", True),
+        ("user.registered", "user.deleted", False),
+        ("user.*", "order.*", False),
+        ("user.*", "user.email.changed", False),
+        ("order.**", "user.*", False),
+    ],
+)
+def test_route_signals_against_handler_patterns(route: str, handler: str, covered: bool) -> None:
+    from bridge._routes import overlaps, unhandled_signals
+
+    assert overlaps(route, handler) is covered
+    assert overlaps(handler, route) is covered
+    bus = EventBus()
+    bus.on(handler)(lambda sender, **_: None)
+    assert unhandled_signals(Route.inbound(route, topic="t"), bus) == ([] if covered else [route])

@@ -24,7 +24,7 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
     path.write_text(
         f"[bridge]\nservice='svc'\nready_timeout={READY_TIMEOUT}\n{extra}\n"
         f"[kafka]\n'bootstrap.servers'='{UNREACHABLE}'\n"
-        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='in'\n"
+        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='in'\nrequire_handlers=false\n"
     )
     return path
 

@@ -115,7 +115,7 @@ def test_run_fails_clearly_on_an_unreachable_broker(tmp_path: Path) -> None:
     path = tmp_path / "svc.toml"
     path.write_text(
         "[bridge]\nservice='svc'\nready_timeout=1\n[kafka]\n'bootstrap.servers'='127.0.0.1:1'\n"
-        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='in'\n"
+        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='in'\nrequire_handlers=false\n"
     )
     done = cli("run", "-c", str(path))
     assert done.process.returncode == 3
@@ -249,3 +249,34 @@ def test_a_missing_prometheus_client_says_what_to_install(
     assert done.returncode == EXIT_CONFIG
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "pip install eventbus-bridge[metrics]" in errors[0]
+
+
+OWN_BUS_MODULE = '''
+"""Handlers on a bus of their own, as the quickstart's first steps write them."""
+from eventbus import EventBus
+
+bus = EventBus()
+
+@bus.on("user.registered")
+def welcome(sender, **payload):
+    raise AssertionError("never reached through the daemon")
+'''
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_route_whose_handlers_are_on_another_bus_is_refused(tmp_path: Path, command: str) -> None:
+    (tmp_path / "own_bus.py").write_text(OWN_BUS_MODULE)
+    path = tmp_path / "svc.toml"
+    path.write_text(
+        "[bridge]\nservice='svc'\nmodules=['own_bus']\n"
+        "[kafka]\n'bootstrap.servers'='127.0.0.1:1'\n"  # refused before any connection
+        "[[route]]\nsignals=['user.registered', 'user.deleted']\ntopic='users'\ndirection='in'\n"
+    )
+    done = cli(command, "-c", str(path), cwd=tmp_path)
+    assert done.process.returncode == EXIT_CONFIG, done.output
+    assert (
+        "route in   user.registered, user.deleted <- users (dead letters to users.dlq): "
+        "no handler for user.registered, user.deleted on eventbus.default_bus after importing "
+        "the [bridge] modules (own_bus)" in done.output
+    )
+    assert "cannot reach" not in done.output
