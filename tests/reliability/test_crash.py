@@ -87,9 +87,9 @@ STATIC = """
 
 
 @pytest.mark.parametrize(
-    ("dedup", "static"),
-    [(False, True), (True, True), (False, False)],
-    ids=["at-least-once", "persistent-dedup", "default-config"],
+    ("dedup", "static", "concurrency"),
+    [(False, True, 1), (True, True, 1), (False, False, 1), (False, False, 4)],
+    ids=["at-least-once", "persistent-dedup", "default-config", "default-config-concurrency-4"],
 )
 def test_kill_9_in_the_middle_then_restart(
     kafka_bootstrap: str,
@@ -98,6 +98,7 @@ def test_kill_9_in_the_middle_then_restart(
     figures: Callable[..., None],
     dedup: bool,
     static: bool,
+    concurrency: int,
 ) -> None:
     """The restart is immediate; without static membership (the default config) the new
     daemon waits for the killed member's session to time out, however long it is."""
@@ -111,7 +112,8 @@ def test_kill_9_in_the_middle_then_restart(
             group=f"daemon-{topic}",
             topic=topic,
             bootstrap=kafka_bootstrap,
-            dedup=f'dedup_path = "{tmp_path / "dedup.db"}"' if dedup else "",
+            dedup=(f'dedup_path = "{tmp_path / "dedup.db"}"\n' if dedup else "")
+            + f"concurrency = {concurrency}",
             membership=STATIC.format(group=f"daemon-{topic}") if static else "",
         )
     )
