@@ -285,6 +285,25 @@ class Config:
                     "on the route"
                 )
 
+    def check_files(self) -> None:
+        """ConfigError when the outbox or the dedup store could not be created: their
+        directory must exist and be writable (nothing is created here)."""
+        for key in ("outbox", "dedup_path"):
+            path = getattr(self, key)
+            if path is None:
+                continue
+            where = Path(path).expanduser()
+            folder = where.parent if not where.is_dir() else where
+            if where.is_dir():
+                problem = "is a directory, not a file"
+            elif not folder.is_dir():
+                problem = f"its directory {folder} does not exist"
+            elif not os.access(where if where.exists() else folder, os.W_OK):
+                problem = "not writable by this user"
+            else:
+                continue
+            raise ConfigError(f"{self.source}: [bridge] {key} = {path!r}: {problem}")
+
     def describe(self) -> list[str]:
         """Human-readable lines summing up the configuration, secrets masked."""
         lines = [f"service {self.service!r} (group {self.group or self.service!r})"]

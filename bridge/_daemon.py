@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -28,7 +28,7 @@ from eventbus import EventBus, default_bus
 from ._bridge import Bridge
 from ._config import Config, masked
 from ._errors import ConfigError, TransportError
-from ._metrics import MetricsServer, serve_metrics
+from ._metrics import MetricsServer, require_prometheus, serve_metrics
 from ._transport import Transport
 
 log = logging.getLogger("bridge.daemon")
@@ -75,6 +75,38 @@ def import_modules(modules: Sequence[str]) -> None:
                 f"cannot import handler module {name!r}: {_one_line(exc)}" + _where(exc)
             ) from exc
         log.info("imported handler module %s", name)
+
+
+def preflight(
+    config: Config, bus: EventBus = default_bus, transport: Transport | None = None
+) -> None:
+    """Everything ``run`` checks before it contacts the broker, and ``check`` too (so
+    the two agree): prometheus-client for a metrics port, the handler modules and their
+    handlers, the files of the outbox and the dedup store, and the ``[kafka]`` settings
+    built into each librdkafka client. Raises ConfigError."""
+    if config.metrics_port is not None:
+        require_prometheus()
+    import_modules(config.modules)
+    config.check_handlers(bus)
+    config.check_files()
+    if transport is not None:
+        transport.validate()
+    elif config.routes:
+        made = config.make_transport()
+        try:
+            made.validate()
+        finally:
+            made.close()
+
+
+def missing_topics(config: Config, topics: Mapping[str, int]) -> list[str]:
+    """The topics of ``config`` (route and dead-letter topics) not among ``topics`` while
+    ``create_topics`` is false: ``run`` refuses to start without them (exit 2)."""
+    if config.create_topics:
+        return []
+    names = [r.topic for r in config.routes]
+    names += [r.dead_letter_topic for r in config.routes if r.is_inbound]
+    return [name for name in dict.fromkeys(names) if name not in topics]
 
 
 def connect(config: Config, transport: Transport | None = None) -> Transport:
@@ -149,8 +181,7 @@ def hosted(
     at the end. Raises DaemonError when the modules, the broker or the bridge fail.
     """
     try:
-        import_modules(config.modules)
-        config.check_handlers(bus)
+        preflight(config, bus, transport)
     except ConfigError as exc:
         raise DaemonError(str(exc), EXIT_CONFIG) from exc
     if not config.routes:
@@ -225,8 +256,7 @@ def _serve(
             # First of all: /healthz answers (503) while the daemon starts.
             metrics = serve_metrics(None, config.metrics_host, config.metrics_port, config.service)
             log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
-        import_modules(config.modules)
-        config.check_handlers(bus)
+        preflight(config, bus, transport)
     except ConfigError as exc:
         if metrics is not None:
             metrics.close()
@@ -234,6 +264,8 @@ def _serve(
     try:
         if stop.is_set():
             raise Interrupted
+        if not config.routes:
+            return _serve_locally(config, stop, received, metrics)
         transport = connect(config, transport)
         try:
             return _serve_bridge(config, transport, bus, stop, received, metrics)
@@ -244,6 +276,18 @@ def _serve(
             metrics.close()
 
 
+def _serve_locally(
+    config: Config, stop: threading.Event, received: list[int], metrics: MetricsServer | None
+) -> int:
+    """No routes: the modules' handlers serve local signals only (a monolith)."""
+    if metrics is not None:
+        metrics.local_only = True
+    log.info("ready: service %s, no routes: local signals only, no broker", config.service)
+    stop.wait()
+    log.info("%s received: stopped", _signal_name(received))
+    return EXIT_OK
+
+
 def _serve_bridge(
     config: Config,
     transport: Transport,
@@ -252,7 +296,21 @@ def _serve_bridge(
     received: list[int],
     metrics: MetricsServer | None,
 ) -> int:
-    bridge = config.build_bridge(bus, transport)
+    try:
+        topics = transport.list_topics(timeout=max(config.ready_timeout, 0.1))
+    except TransportError as exc:
+        raise DaemonError(f"cannot list the topics: {exc}", EXIT_UNAVAILABLE) from exc
+    missing = missing_topics(config, topics)
+    if missing:
+        raise DaemonError(
+            f"{config.source}: topic(s) {', '.join(missing)} missing on "
+            f"{config.bootstrap}, and create_topics = false: create them first",
+            EXIT_CONFIG,
+        )
+    try:
+        bridge = config.build_bridge(bus, transport)
+    except ConfigError as exc:
+        raise DaemonError(str(exc), EXIT_CONFIG) from exc
     if metrics is not None:
         metrics.bridge = bridge
     started = time.monotonic()

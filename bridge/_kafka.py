@@ -670,6 +670,42 @@ class KafkaTransport(Transport):
                 raise TransportError(f"topics not ready after {timeout}s: {pending}")
             time.sleep(0.05)  # metadata has no change notification; poll it briefly
 
+    def validate(self) -> None:
+        """Build the producer's, consumer's and admin client's configurations in
+        librdkafka, without ``bootstrap.servers`` (so nothing is contacted): ConfigError
+        with librdkafka's own message for a property or value it refuses."""
+        offline = {k: v for k, v in self.config.items() if k != "bootstrap.servers"}
+        quiet = {"log_level": 0, "logger": log}
+        clients: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any]]] = [
+            (
+                "producer",
+                confluent_kafka.Producer,
+                _client_config(offline, PRODUCER_DEFAULTS, CONSUMER_ONLY),
+            ),
+            (
+                "consumer",
+                confluent_kafka.Consumer,
+                {
+                    **_client_config(offline, CONSUMER_DEFAULTS, PRODUCER_ONLY),
+                    "group.id": "validate",
+                },
+            ),
+            (
+                "admin client",
+                AdminClient,
+                _client_config(offline, {}, CONSUMER_ONLY | PRODUCER_ONLY),
+            ),
+        ]
+        for kind, build, config in clients:
+            try:
+                client = build({**config, **quiet})
+            except (KafkaException, ValueError, TypeError) as exc:
+                err = exc.args[0] if exc.args else exc
+                text = err.str() if isinstance(err, KafkaError) else str(err)
+                raise ConfigError(f"bad [kafka] settings ({kind}): {text}") from None
+            if isinstance(client, confluent_kafka.Consumer):
+                client.close()
+
     def describe_group(self, group: str, timeout: float = 5.0) -> str | None:
         """``group 'g' is PREPARING_REBALANCE, 2 member(s): rdkafka-1f2e (static id
         svc-1) on /10.0.0.5, ...``: what a member waiting for its assignment waits for."""

@@ -113,6 +113,9 @@ class MetricsServer:
         collector = BridgeCollector(bridge, service)
         registry.register(collector)
         self._collector = collector
+        self.local_only = False
+        """True for a daemon without routes (no bridge): healthy once it serves."""
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -123,7 +126,7 @@ class MetricsServer:
                     )
                 elif path == "/healthz":
                     current = collector.bridge
-                    ok = current is not None and current.healthy
+                    ok = server.local_only or (current is not None and current.healthy)
                     self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
                 else:
                     self._reply(404, b"not found: try /metrics or /healthz\n")

@@ -208,6 +208,10 @@ class Transport(ABC):
         """Return ``{topic: partition count}`` for every topic; ``TransportError`` if the
         broker cannot be reached within ``timeout`` seconds."""
 
+    def validate(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Check the client settings without contacting a broker: ``ConfigError`` naming
+        what the client library refuses. Optional: the default accepts everything."""
+
     def describe_group(self, group: str, timeout: float = 5.0) -> str | None:
         """One line on the state of consumer group ``group`` and its members, for logs
         of a member that waits for its assignment; None when unknown. Optional."""

@@ -39,8 +39,8 @@ from ._daemon import (
     Interrupted,
     configure_logging,
     connect,
-    import_modules,
     interrupt_on_sigint,
+    preflight,
 )
 from ._errors import BridgeError, ConfigError, TransportError
 
@@ -75,7 +75,9 @@ examples:
 
 CHECK_EPILOG = """\
 Validates the file (with the environment and --set applied), imports the handler
-modules, reaches the broker and lists each route with whether its topics exist.
+modules and checks that every inbound route has handlers, builds the librdkafka client
+settings, reaches the broker and lists each route with whether its topics exist: what
+run checks before it serves, so the two agree.
 Secrets are masked. Exit status 0 when all is well, 1 when a topic is missing and
 create_topics is false, 2 for a bad file or module, 3 when the broker is unreachable.
 
@@ -265,12 +267,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in config.describe():
         if not line.startswith("route "):
             print(f"  {line}", file=out)
-    import_modules(config.modules)
+    preflight(config, default_bus)  # all that run checks before it connects
     if config.modules:
         print(f"  modules imported: {', '.join(config.modules)}", file=out)
-    config.check_handlers(default_bus)
-    if not config.routes and not config.bootstrap:
-        print("no routes and no broker: local signals only (a monolith)", file=out)
+    if not config.routes:
+        print("no routes: local signals only (a monolith), no broker needed", file=out)
         print("ok", file=out)
         return EXIT_OK
     config = _with_timeout(config, args.timeout)
@@ -280,7 +281,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         transport.close()
     print(f"broker {config.bootstrap}: reachable, {len(topics)} topic(s)", file=out)
-    problems = 0
+    problems: list[str] = []
     for route in config.routes:
         print(describe_route(route), file=out)
         names = [route.topic] + ([route.dead_letter_topic] if route.is_inbound else [])
@@ -290,13 +291,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             elif config.create_topics:
                 state = "missing: created at start (create_topics = true)"
             else:
-                state = "MISSING, and create_topics = false: create it first"
-                problems += 1
+                state = "MISSING, and create_topics = false: create it first (run refuses)"
+                problems.append(name)
             print(f"  topic {name}: {state}", file=out)
-    if not config.routes:
-        print("no routes: nothing is bridged", file=out)
     if problems:
-        return _fail(f"{problems} problem(s) found in {config.source}", EXIT_FAILED)
+        return _fail(
+            f"{config.source}: topic(s) {', '.join(dict.fromkeys(problems))} missing on "
+            f"{config.bootstrap}, and create_topics = false: create them first",
+            EXIT_FAILED,
+        )
     print("ok", file=out)
     return EXIT_OK
 

@@ -102,6 +102,7 @@ def test_check_fails_clearly_on_an_unreachable_broker(tmp_path: Path) -> None:
     path.write_text(
         "[bridge]\nservice='svc'\n[kafka]\n'bootstrap.servers'='127.0.0.1:1'\n"
         "'sasl.password'='hunter2'\n"
+        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='out'\n"
     )
     done = cli("check", "-c", str(path), "--timeout", "1.5")
     assert done.process.returncode == 3
