@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -29,6 +30,7 @@ from ._bridge import Bridge
 from ._config import Config, masked
 from ._errors import ConfigError, TransportError
 from ._metrics import MetricsServer, require_prometheus, serve_metrics
+from ._stats import Stats
 from ._transport import Transport
 
 log = logging.getLogger("bridge.daemon")
@@ -338,18 +340,22 @@ def _serve_bridge(
             )
     finally:
         bridge.stop()
-    s = bridge.stats
-    log.info(
-        "stopped: %d in, %d handled, %d retried, %d dead-lettered; %d out, %d delivered, %d failed",
-        s.received,
-        s.handled,
-        s.retried,
-        s.dead_lettered,
-        s.produced,
-        s.delivered,
-        s.delivery_failed,
-    )
+    log.info("stopped: %s", summary(bridge.stats))
     return status
+
+
+def summary(s: Stats) -> str:
+    """The counters in one line that accounts for every record: each one received was
+    handled, dead-lettered, skipped (unrouted, duplicate, echo), or left unfinished at
+    stop (it comes again); each one produced was delivered or failed."""
+    settled = s.handled + s.dead_lettered + s.unrouted + s.duplicates + s.echoes
+    return (
+        f"{s.received} in: {s.handled} handled ({s.retried} retries), "
+        f"{s.dead_lettered} dead-lettered, {s.unrouted} unrouted, {s.duplicates} duplicate(s), "
+        f"{s.echoes} echo(es) skipped, {max(0, s.received - settled)} unfinished "
+        f"(delivered again); {s.produced + s.in_flight} out: {s.delivered} delivered, "
+        f"{s.delivery_failed} failed, {s.in_flight} in flight"
+    )
 
 
 def _wait_ready(
@@ -409,12 +415,37 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _where(exc: BaseException) -> str:
-    # The innermost frame of the failing module's own code says where to look.
+    # The innermost frame of the user's own code says where to look: not the standard
+    # library's (json.loads raising deep inside it), nor an installed library's, nor the
+    # import machinery's; an installed service package counts when nothing else does.
+    if isinstance(exc, SyntaxError):
+        return ""  # its message names the file and the line already
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
-        if "importlib" not in f.filename and f.filename != __file__
+        if not f.filename.startswith("<")
+        and "importlib" not in f.filename
+        and f.filename != __file__
     ]
-    if isinstance(exc, SyntaxError) or not frames:
+    own = [f for f in frames if not _under(f.filename, _LIBRARY_PATHS)]
+    installed = [f for f in frames if not _under(f.filename, _STDLIB_PATHS)]
+    chosen = own or installed or frames
+    if not chosen:
         return ""
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return f" (at {chosen[-1].filename}:{chosen[-1].lineno})"
+
+
+_STDLIB_PATHS = tuple(
+    {os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")}
+)
+_LIBRARY_PATHS = _STDLIB_PATHS + tuple(
+    {os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("purelib", "platlib")}
+    | {
+        os.path.dirname(os.path.realpath(module.__file__ or "")) + os.sep
+        for module in (sys.modules["eventbus"], sys.modules[__package__ or "bridge"])
+    }
+)
+
+
+def _under(filename: str, roots: tuple[str, ...]) -> bool:
+    return os.path.realpath(filename).startswith(roots)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 
 from eventbus import HandlerFailure, handler_name
 
@@ -18,6 +19,9 @@ from ._errors import TransportError
 from ._transport import Producer, Record, Transport
 
 log = logging.getLogger("bridge")
+
+TRACEBACK_LIMIT = 4000
+"""Characters of a handler's traceback logged with its dead letter (head and tail kept)."""
 
 
 class DeadLetter:
@@ -98,9 +102,19 @@ class DeadLetters:
         ]
         if failure is not None:
             headers.append((DLQ_PREFIX + "handler", handler_name(failure.handler).encode()))
-        log.warning(
-            "bridge %s: dead-lettering %s to %s: %s", self.service, where(record), topic, reason
-        )
+            log.warning(
+                "bridge %s: dead-lettering %s to %s: %s; the last failure of %s:\n%s",
+                self.service,
+                where(record),
+                topic,
+                reason,
+                handler_name(failure.handler),
+                bounded_traceback(failure.exception),
+            )
+        else:
+            log.warning(
+                "bridge %s: dead-lettering %s to %s: %s", self.service, where(record), topic, reason
+            )
         letter = DeadLetter(record, topic, headers)
         self._send(letter)
         return letter
@@ -159,6 +173,16 @@ class DeadLetters:
         """Flush and close the producer made for dead letters, if one was."""
         if self._producer is not None and self._producer is not self._shared:
             self._producer.close(timeout)
+
+
+def bounded_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
+    """The traceback of ``exc`` as text, at most about ``limit`` characters: a long one
+    keeps its start and its end (where the error was raised)."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n  ... ({len(text) - 2 * half} characters left out) ...\n{text[-half:]}"
 
 
 def where(record: Record) -> str:

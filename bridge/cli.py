@@ -89,10 +89,11 @@ examples:
 TAIL_EPILOG = """\
 Reads the topic with a throwaway consumer group (nothing is committed) and prints one
 line per record: time, topic/partition@offset, type, source, key, payload. Records
-that cannot be decoded are shown as UNDECODABLE with the reason. Stops on Ctrl-C
-(exit status 130; 143 on SIGTERM), or after -n records (0).
+that cannot be decoded are shown as UNDECODABLE with the reason. A dead letter gets a
+second line: its reason, error, handler, original topic/partition@offset and attempts.
+Stops on Ctrl-C (exit status 130; 143 on SIGTERM), or after -n records (0).
 With --json, one JSON object per line (datetime, UUID and Decimal as text, bytes as
-base64; undecodable records have an "error" field).
+base64; undecodable records have an "error" field, dead letters a "dead_letter" object).
 
 examples:
   eventbus-bridge tail users -b 127.0.0.1:9092
@@ -356,6 +357,8 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
 
     key = record.key.decode(errors="replace") if record.key is not None else None
     where = f"{record.topic}/{record.partition}@{record.offset}"
+    letter = dead_letter_headers(record)
+    dead = _describe_dead_letter(letter) if letter else ""
     try:
         envelope = read_envelope(record)
         payload = codec.decode(record.value if record.value is not None else b"")
@@ -370,9 +373,10 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
                     "key": key,
                     "error": str(exc),
                     "size": size,
+                    **({"dead_letter": letter} if letter else {}),
                 }
             )
-        return f"-  {where}  UNDECODABLE ({exc})  key={key or '-'}  {size} byte(s)"
+        return f"-  {where}  UNDECODABLE ({exc})  key={key or '-'}  {size} byte(s){dead}"
     if as_json:
         return json.dumps(
             {
@@ -385,6 +389,7 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
                 "id": envelope.id,
                 "key": key,
                 "payload": payload,
+                **({"dead_letter": letter} if letter else {}),
             },
             default=_jsonable,
             ensure_ascii=False,
@@ -392,8 +397,33 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
     text = json.dumps(payload, default=_jsonable, ensure_ascii=False)
     return (
         f"{envelope.time or '-'}  {where}  {envelope.type}  source={envelope.source}  "
-        f"key={key or '-'}  {text}"
+        f"key={key or '-'}  {text}{dead}"
     )
+
+
+def dead_letter_headers(record: Any) -> dict[str, str]:
+    """The ``eventbus-dlq-*`` headers of a dead letter (reason, error, handler, topic,
+    partition, offset, attempts, service), by name without the prefix; {} for others."""
+    from ._envelope import DLQ_PREFIX
+
+    found: dict[str, str] = {}
+    for name, value in record.headers or ():
+        if name.startswith(DLQ_PREFIX) and value is not None:
+            found[name[len(DLQ_PREFIX) :]] = value.decode(errors="replace")
+    return found
+
+
+def _describe_dead_letter(letter: dict[str, str]) -> str:
+    origin = (
+        f"{letter.get('topic', '?')}/{letter.get('partition', '?')}@{letter.get('offset', '?')}"
+    )
+    parts = [f"reason={letter.get('reason', '?')!r}", f"error={letter.get('error', '?')}"]
+    if "handler" in letter:
+        parts.append(f"handler={letter['handler']}")
+    parts += [f"from={origin}", f"attempts={letter.get('attempts', '?')}"]
+    if "service" in letter:
+        parts.append(f"service={letter['service']}")
+    return "\n    DEAD LETTER  " + "  ".join(parts)
 
 
 def _jsonable(value: Any) -> Any:
@@ -521,4 +551,4 @@ def _version() -> str:
         return "unknown"
 
 
-__all__ = ["build_parser", "format_record", "main", "parse_fields"]
+__all__ = ["build_parser", "dead_letter_headers", "format_record", "main", "parse_fields"]
