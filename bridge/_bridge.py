@@ -314,8 +314,12 @@ class Bridge:
                 "use 'await bridge.stop_async()' or 'async with bridge:'"
             )
         with self._lock:
-            if self._state in ("stopped", "new"):
+            if self._state == "new":  # never started: release what the constructor opened
                 self._state = "stopped"
+                self._outbound.close(0)  # the outbox's database (and its lock)
+                self._dedup.close()
+                return
+            if self._state == "stopped":
                 return
             self._state = "stopping"
         self._shutdown()

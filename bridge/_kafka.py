@@ -1,7 +1,8 @@
 """The Kafka transport: the transport seam over confluent-kafka (librdkafka).
 
 ``config`` holds librdkafka settings, passed through untouched; we only add defaults the
-user did not set. Producer: ``enable.idempotence=true``, ``acks=all``, ``linger.ms=5``.
+user did not set. Producer: ``enable.idempotence=true``, ``acks=all``, ``linger.ms=5``,
+``allow.auto.create.topics=false`` (only ``ensure_topics`` creates topics).
 Consumer: ``enable.auto.offset.store=false`` (only ``store()``d records are committed),
 ``enable.auto.commit=true`` (stored offsets are committed every
 ``auto.commit.interval.ms``), ``auto.offset.reset=latest`` and
@@ -48,6 +49,10 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 5,
+    # Topics are created by ensure_topics (create_topics) or not at all: a producer's
+    # metadata request (warm-up, first produce) must not create one through the broker's
+    # auto.create.topics.enable.
+    "allow.auto.create.topics": False,
 }
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.offset.store": False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -48,7 +48,14 @@ PartitionsCallback = Callable[[list[tuple[str, int]]], None]
 
 
 class Producer(ABC):
-    """Writes records. All methods are thread safe."""
+    """Writes records. All methods are thread safe. ``with producer:`` closes it at the
+    end (flushing first)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def produce(
@@ -95,7 +102,14 @@ class Consumer(ABC):
     only once stored (at-least-once): ``store(record)`` marks a record processed, and
     stored offsets are committed periodically, on ``commit()``, on revocation and on
     ``close()``. After a restart the group resumes after the last committed record.
+    ``with consumer:`` closes it at the end.
     """
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def poll(self, timeout: float) -> Record | None:
@@ -161,7 +175,14 @@ class Consumer(ABC):
 
 
 class Transport(ABC):
-    """Makes producers and consumers for one broker (or one in-process broker)."""
+    """Makes producers and consumers for one broker (or one in-process broker).
+    ``with transport:`` closes it at the end."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def producer(self, *, on_failure: FailureCallback | None = None) -> Producer:
