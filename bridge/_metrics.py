@@ -1,7 +1,7 @@
 """Prometheus metrics and a health check for the daemon (``/metrics``, ``/healthz``).
 
 A custom collector reads ``Bridge.stats`` when Prometheus scrapes, so the hot path pays
-nothing. prometheus-client is optional (``pip install eventbus-bridge[metrics]``); it is
+nothing. prometheus-client is optional (the ``[metrics]`` extra); it is
 imported only when a metrics port is configured.
 
 Consumer lag is the sum over the assigned partitions of (end offset - position), from the
@@ -18,7 +18,7 @@ from typing import Any
 from ._bridge import Bridge
 from ._errors import ConfigError
 
-INSTALL_HINT = "pip install eventbus-bridge[metrics]"
+INSTALL_HINT = "pip install prometheus-client (the [metrics] extra: pip install '.[metrics]')"
 
 # (metric name without _total, Stats field, help)
 COUNTERS = (

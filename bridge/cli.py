@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--log-level",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         type=str.upper,
         help="log level (run: default from the file, else INFO; other commands: ERROR)",
     )

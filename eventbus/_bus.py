@@ -365,7 +365,9 @@ class EventBus:
     def capture(self, pattern: str = "**") -> Iterator[list[Event]]:
         """Record the events matching ``pattern`` emitted inside the block. Useful for tests.
 
-        Yields a list that fills with ``Event`` objects (payloads copied) in emit order.
+        Yields a list that fills with ``Event`` objects (payloads copied) in the order the
+        recorder (a handler registered last) is called: an event emitted by a handler of
+        another event, which runs at once, comes before the event that caused it.
         """
         events: list[Event] = []
 
