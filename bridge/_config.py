@@ -23,7 +23,7 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -76,6 +76,10 @@ class _Option:
     parse_text: Callable[[str], Any]  # text from the environment or --set -> value
     check: Callable[[Any], bool]  # is a file (TOML) value of the right type?
     rule: Callable[[Any], str | None] = lambda _v: None  # extra constraint: error or None
+    bridge: bool = False  # a keyword argument of ``Bridge`` too (same name, same default)
+
+    def for_bridge(self) -> _Option:
+        return replace(self, bridge=True)
 
 
 def _text_bool(text: str) -> bool:
@@ -148,46 +152,40 @@ def _float(default: float, rule: Callable[[Any], str | None]) -> _Option:
 BRIDGE_OPTIONS: dict[str, _Option] = {
     "service": _str(None, _non_empty),
     "modules": _Option("a list of strings", (), _text_list, _is_str_list, _names),
-    "group": _str(None, _non_empty),
-    "max_attempts": _int(3, _at_least(1)),
-    "backoff": _float(0.1, _at_least(0)),
-    "max_backoff": _float(5.0, _at_least(0)),
-    "dedup_window": _float(300.0, _at_least(0)),
-    "dedup_size": _int(100_000, _at_least(0)),
-    "unrouted": _str("skip", _choice("skip", "dlq")),
-    "create_topics": _Option("a boolean", True, _text_bool, lambda v: isinstance(v, bool)),
-    "partitions": _int(1, _at_least(1)),
-    "ready_timeout": _float(30.0, _at_least(0)),
-    "drain_timeout": _float(30.0, _at_least(0)),
-    "batch_size": _int(100, _at_least(1)),
-    "concurrency": _int(1, _at_least(1)),
-    "outbox": _str(None, _non_empty),
-    "outbox_max_events": _int(1_000_000, _at_least(1)),
-    "dedup_path": _str(None, _non_empty),
+    "group": _str(None, _non_empty).for_bridge(),
+    "max_attempts": _int(3, _at_least(1)).for_bridge(),
+    "backoff": _float(0.1, _at_least(0)).for_bridge(),
+    "max_backoff": _float(5.0, _at_least(0)).for_bridge(),
+    "dedup_window": _float(300.0, _at_least(0)).for_bridge(),
+    "dedup_size": _int(100_000, _at_least(0)).for_bridge(),
+    "unrouted": _str("skip", _choice("skip", "dlq")).for_bridge(),
+    "create_topics": _Option(
+        "a boolean", True, _text_bool, lambda v: isinstance(v, bool), bridge=True
+    ),
+    "partitions": _int(1, _at_least(1)).for_bridge(),
+    "ready_timeout": _float(30.0, _at_least(0)).for_bridge(),
+    "drain_timeout": _float(30.0, _at_least(0)).for_bridge(),
+    "batch_size": _int(100, _at_least(1)).for_bridge(),
+    "concurrency": _int(1, _at_least(1)).for_bridge(),
+    "outbox": _str(None, _non_empty).for_bridge(),
+    "outbox_max_events": _int(1_000_000, _at_least(1)).for_bridge(),
+    "dedup_path": _str(None, _non_empty).for_bridge(),
     "log_level": _str("INFO", _level),
     "metrics_port": _int(None, _port),
     "metrics_host": _str("127.0.0.1", _non_empty),
 }
-"""Every ``[bridge]`` key. docs/configuration.md documents each (a test checks that)."""
+"""Every ``[bridge]`` key: the one table of the options. ``Config``'s defaults come from
+it, and the keys marked ``for_bridge`` are ``Bridge``'s keyword arguments of the same name
+and default (a test holds ``Bridge``'s signature to it); docs/configuration.md documents
+each (a test checks that too)."""
 
-BRIDGE_CONSTRUCTOR_KEYS = (
-    "group",
-    "max_attempts",
-    "backoff",
-    "max_backoff",
-    "dedup_window",
-    "dedup_size",
-    "unrouted",
-    "create_topics",
-    "partitions",
-    "ready_timeout",
-    "drain_timeout",
-    "batch_size",
-    "concurrency",
-    "outbox",
-    "outbox_max_events",
-    "dedup_path",
-)
+BRIDGE_CONSTRUCTOR_KEYS = tuple(key for key, option in BRIDGE_OPTIONS.items() if option.bridge)
+
+
+def _default(key: str) -> Any:
+    return BRIDGE_OPTIONS[key].default
+
+
 ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq", "require_handlers")
 SECTIONS = ("bridge", "kafka", "route")
 
@@ -201,26 +199,26 @@ class Config:
     """
 
     service: str
-    modules: tuple[str, ...] = ()
-    group: str | None = None
-    max_attempts: int = 3
-    backoff: float = 0.1
-    max_backoff: float = 5.0
-    dedup_window: float = 300.0
-    dedup_size: int = 100_000
-    unrouted: Literal["skip", "dlq"] = "skip"
-    create_topics: bool = True
-    partitions: int = 1
-    ready_timeout: float = 30.0
-    drain_timeout: float = 30.0
-    batch_size: int = 100
-    concurrency: int = 1
-    outbox: str | None = None
-    outbox_max_events: int = 1_000_000
-    dedup_path: str | None = None
-    log_level: str = "INFO"
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    modules: tuple[str, ...] = _default("modules")
+    group: str | None = _default("group")
+    max_attempts: int = _default("max_attempts")
+    backoff: float = _default("backoff")
+    max_backoff: float = _default("max_backoff")
+    dedup_window: float = _default("dedup_window")
+    dedup_size: int = _default("dedup_size")
+    unrouted: Literal["skip", "dlq"] = _default("unrouted")
+    create_topics: bool = _default("create_topics")
+    partitions: int = _default("partitions")
+    ready_timeout: float = _default("ready_timeout")
+    drain_timeout: float = _default("drain_timeout")
+    batch_size: int = _default("batch_size")
+    concurrency: int = _default("concurrency")
+    outbox: str | None = _default("outbox")
+    outbox_max_events: int = _default("outbox_max_events")
+    dedup_path: str | None = _default("dedup_path")
+    log_level: str = _default("log_level")
+    metrics_port: int | None = _default("metrics_port")
+    metrics_host: str = _default("metrics_host")
     kafka: Mapping[str, KafkaValue] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     optional_handlers: frozenset[Route] = frozenset()

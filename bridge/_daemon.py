@@ -20,7 +20,7 @@ import sysconfig
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -174,13 +174,20 @@ _stop = threading.Event()
 
 @contextlib.contextmanager
 def hosted(
-    config: Config, bus: EventBus = default_bus, transport: Transport | None = None
+    config: Config,
+    bus: EventBus = default_bus,
+    transport: Transport | None = None,
+    *,
+    wait: bool = True,
+    on_bridge: Callable[[Bridge], object] | None = None,
 ) -> Iterator[Bridge | None]:
     """Import the configured modules and bridge ``bus`` for the duration of the block.
 
     Without routes there is nothing to bridge: no broker is contacted and the block gets
     None (a monolith). Otherwise it gets the started bridge, which is stopped (drained)
-    at the end. Raises DaemonError when the modules, the broker or the bridge fail.
+    at the end. Raises DaemonError when the modules, the broker, the topics or the bridge
+    fail. ``wait=False`` enters the block before the group's assignment came (the daemon
+    waits for it itself, see ``run``); ``on_bridge`` sees the bridge before it starts.
     """
     try:
         preflight(config, bus, transport)
@@ -190,16 +197,40 @@ def hosted(
         log.info("service %s: no routes, local signals only", config.service)
         yield None
         return
+    if _stop.is_set():
+        raise Interrupted
     transport = connect(config, transport)
     try:
-        bridge = config.build_bridge(bus, transport)
-        _start(bridge)
+        _check_topics(config, transport)
+        try:
+            bridge = config.build_bridge(bus, transport)
+        except ConfigError as exc:
+            raise DaemonError(str(exc), EXIT_CONFIG) from exc
+        if on_bridge is not None:
+            on_bridge(bridge)
+        _start(bridge, wait=wait)
         try:
             yield bridge
         finally:
             bridge.stop()
     finally:
         transport.close()
+
+
+def _check_topics(config: Config, transport: Transport) -> None:
+    if config.create_topics:
+        return
+    try:
+        topics = transport.list_topics(timeout=max(config.ready_timeout, 0.1))
+    except TransportError as exc:
+        raise DaemonError(f"cannot list the topics: {exc}", EXIT_UNAVAILABLE) from exc
+    missing = missing_topics(config, topics)
+    if missing:
+        raise DaemonError(
+            f"{config.source}: topic(s) {', '.join(missing)} missing on "
+            f"{config.bootstrap}, and create_topics = false: create them first",
+            EXIT_CONFIG,
+        )
 
 
 def run(config: Config, transport: Transport | None = None, bus: EventBus = default_bus) -> int:
@@ -253,26 +284,48 @@ def _serve(
         ", ".join(f"{k}={v}" for k, v in sorted(masked(config.kafka).items())) or "-",
     )
     metrics = None
-    try:
-        if config.metrics_port is not None:
-            # First of all: /healthz answers (503) while the daemon starts.
-            metrics = serve_metrics(None, config.metrics_host, config.metrics_port, config.service)
-            log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
-        preflight(config, bus, transport)
-    except ConfigError as exc:
-        if metrics is not None:
-            metrics.close()
-        raise DaemonError(str(exc), EXIT_CONFIG) from exc
-    try:
-        if stop.is_set():
-            raise Interrupted
-        if not config.routes:
-            return _serve_locally(config, stop, received, metrics)
-        transport = connect(config, transport)
+    if config.metrics_port is not None:
+        # First of all: /healthz answers (503) while the daemon starts.
         try:
-            return _serve_bridge(config, transport, bus, stop, received, metrics)
-        finally:
-            transport.close()
+            metrics = serve_metrics(None, config.metrics_host, config.metrics_port, config.service)
+        except ConfigError as exc:
+            raise DaemonError(str(exc), EXIT_CONFIG) from exc
+        log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+
+    def serve_metrics_of(bridge: Bridge) -> None:
+        if metrics is not None:
+            metrics.bridge = bridge
+
+    started = time.monotonic()
+    stats = None
+    try:
+        with hosted(config, bus, transport, wait=False, on_bridge=serve_metrics_of) as bridge:
+            if bridge is None:
+                return _serve_locally(config, stop, received, metrics)
+            stats = bridge.stats
+            if not _wait_ready(bridge, config, stop):
+                log.info("%s received while starting: stopping", _signal_name(received))
+                return EXIT_OK
+            log.info(
+                "ready: service %s, group %s, %d route(s), in %.1f s",
+                config.service,
+                bridge.group,
+                len(config.routes),
+                time.monotonic() - started,
+            )
+            status = EXIT_OK
+            while not stop.wait(HEALTH_CHECK_INTERVAL):
+                if bridge.failed:
+                    log.error("the bridge failed (see above): stopping")
+                    status = EXIT_FAILED
+                    break
+            if received:
+                log.info(
+                    "%s received: draining (a second signal exits at once)",
+                    _signal_name(received),
+                )
+        log.info("stopped: %s", summary(stats))  # after the drain at the end of the block
+        return status
     finally:
         if metrics is not None:
             metrics.close()
@@ -290,60 +343,6 @@ def _serve_locally(
     return EXIT_OK
 
 
-def _serve_bridge(
-    config: Config,
-    transport: Transport,
-    bus: EventBus,
-    stop: threading.Event,
-    received: list[int],
-    metrics: MetricsServer | None,
-) -> int:
-    try:
-        topics = transport.list_topics(timeout=max(config.ready_timeout, 0.1))
-    except TransportError as exc:
-        raise DaemonError(f"cannot list the topics: {exc}", EXIT_UNAVAILABLE) from exc
-    missing = missing_topics(config, topics)
-    if missing:
-        raise DaemonError(
-            f"{config.source}: topic(s) {', '.join(missing)} missing on "
-            f"{config.bootstrap}, and create_topics = false: create them first",
-            EXIT_CONFIG,
-        )
-    try:
-        bridge = config.build_bridge(bus, transport)
-    except ConfigError as exc:
-        raise DaemonError(str(exc), EXIT_CONFIG) from exc
-    if metrics is not None:
-        metrics.bridge = bridge
-    started = time.monotonic()
-    _start(bridge, wait=False)
-    try:
-        if not _wait_ready(bridge, config, transport, stop):
-            log.info("%s received while starting: stopping", _signal_name(received))
-            return EXIT_OK
-        log.info(
-            "ready: service %s, group %s, %d route(s), in %.1f s",
-            config.service,
-            bridge.group,
-            len(config.routes),
-            time.monotonic() - started,
-        )
-        status = EXIT_OK
-        while not stop.wait(HEALTH_CHECK_INTERVAL):
-            if bridge.failed:
-                log.error("the bridge failed (see above): stopping")
-                status = EXIT_FAILED
-                break
-        if received:
-            log.info(
-                "%s received: draining (a second signal exits at once)", _signal_name(received)
-            )
-    finally:
-        bridge.stop()
-    log.info("stopped: %s", summary(bridge.stats))
-    return status
-
-
 def summary(s: Stats) -> str:
     """The counters in one line that accounts for every record: each one received was
     handled, dead-lettered, skipped (unrouted, duplicate, echo), or left unfinished at
@@ -358,9 +357,7 @@ def summary(s: Stats) -> str:
     )
 
 
-def _wait_ready(
-    bridge: Bridge, config: Config, transport: Transport, stop: threading.Event
-) -> bool:
+def _wait_ready(bridge: Bridge, config: Config, stop: threading.Event) -> bool:
     """Wait until ``bridge`` has its partitions, as long as the group needs; False when
     stopped meanwhile. Logs what it waits for every ``WAIT_LOG_INTERVAL`` seconds."""
     started = time.monotonic()
@@ -375,7 +372,7 @@ def _wait_ready(
             next_log = now + WAIT_LOG_INTERVAL
             topics = sorted({r.topic for r in bridge.routes if r.is_inbound})
             session = config.kafka.get("session.timeout.ms", f"{session_timeout_ms()} (default)")
-            state = transport.describe_group(bridge.group, timeout=1.0)
+            state = bridge.transport.describe_group(bridge.group, timeout=1.0)
             log.warning(
                 "waiting %.0f s for an assignment of %s from group %r: the group is "
                 "rebalancing, or a member that crashed (this service before a restart?) "

@@ -33,7 +33,6 @@ CONFIG = """
 service = "crash-test"
 group = "{group}"
 modules = ["tests.reliability.daemon"]
-create_topics = false
 {dedup}
 
 [kafka]
