@@ -49,6 +49,8 @@ Outcome: TypeAlias = int | DeadLetter
 _COUNTERS = ("handled", "echoes", "unrouted", "duplicates", "dead_lettered")
 
 Partition: TypeAlias = tuple[str, int]
+PAUSE_AFTER = 1.0
+"""Seconds the handlers may keep the scheduler full before fetching is paused."""
 _Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote]
 _new_remote = tuple.__new__
 
@@ -260,6 +262,9 @@ class Inbound:
             return self._dead_letter(
                 record, route, f"invalid payload: {exc}", "PayloadError", None, 0
             )
+        if not failures:
+            self.dedup.add(envelope.id)
+            return HANDLED
         attempts = 1
         delay = self.backoff
         while failures and attempts < self.max_attempts:
@@ -405,8 +410,8 @@ class KeyScheduler:
     waits behind the earlier records of its key (its Kafka key within its partition, or
     its partition when it has none). Workers hand finished records back through a
     queue; the consumer thread moves each partition's watermark (the offset below which
-    every record is done) and stores it. Fetching pauses while more than
-    ``concurrency + batch_size`` records are taken and not done, and resumes at half.
+    every record is done) and stores it. At most ``concurrency + batch_size`` records
+    are taken and not done at a time (see ``fetch``).
     """
 
     def __init__(
@@ -422,9 +427,12 @@ class KeyScheduler:
         self._running: dict[Partition, int] = {}  # records started, not done, per partition
         self._marks: dict[Partition, _Watermark] = {}  # consumer thread only
         self._finished: deque[tuple[Record, Outcome, _Watermark]] = deque()
-        self._wake = threading.Event()  # a record finished
+        self._wake = threading.Event()  # ``_wake_at`` records finished and not settled
+        self._wake_at = 1
         self._taken = 0  # records submitted and not settled (consumer thread only)
+        self._waiting = 0  # keys submitted to the pool and not started yet
         self._paused: set[Partition] = set()
+        self._full_since: float | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stopped: asyncio.Event | None = None
         if loop is not None:
@@ -437,23 +445,47 @@ class KeyScheduler:
     # -- the consumer thread's side ------------------------------------------------------
 
     def fetch(self, consumer: Consumer, batch_size: int) -> list[Record]:
-        """Settle finished records; pause or resume fetching; return the next batch."""
+        """Settle finished records; return the next records, as many as there is room for.
+
+        When ``concurrency + batch_size`` records are taken and not done, wait for one to
+        finish (a condition, not a sleep). librdkafka keeps prefetching meanwhile, within
+        its own bounds (``queued.max.messages.kbytes``). If the handlers stay that busy
+        for ``PAUSE_AFTER`` seconds, pause the partitions (which drops librdkafka's
+        prefetched records, and costs up to ``fetch.wait.max.ms`` when resumed) and keep
+        polling for rebalances and liveness; resume at half.
+        """
         self.settle()
-        if self._taken >= self.high:
+        room = self.high - self._taken
+        if room <= 0:
+            now = time.monotonic()
+            if self._full_since is None:
+                self._full_since = now
+            if now - self._full_since < PAUSE_AFTER and not self._paused:
+                # Wake for a quarter of the room at once, not for every record: fewer
+                # trips of the consumer thread through the GIL.
+                self._wait_finished(max(1, self.high // 4), PAUSE_AFTER - (now - self._full_since))
+                return []
             missing = [tp for tp in consumer.assignment() if tp not in self._paused]
             if missing:
                 consumer.pause(missing)
                 self._paused.update(missing)
-            self._wake.wait(0.1)  # until a record finishes: no blind sleep
-            self._wake.clear()
+            self._wait_finished(max(1, self.high // 4), 0.1)
             # Keep the poll cadence (rebalances, liveness). Partitions assigned inside this
             # call are not paused yet: what it returns of them is handled, not dropped.
             return consumer.consume(batch_size, 0)
+        self._full_since = None
         if self._paused and self._taken <= self.high // 2:
             assigned = set(consumer.assignment())
             consumer.resume([tp for tp in self._paused if tp in assigned])
             self._paused.clear()
-        return consumer.consume(batch_size, 0.1 if not self._taken else 0.02)
+        return consumer.consume(min(batch_size, room), 0.1 if not self._taken else 0.01)
+
+    def _wait_finished(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` records finished since the last settle, or ``timeout``."""
+        self._wake_at = count
+        if len(self._finished) < count:
+            self._wake.wait(timeout)
+        self._wake.clear()
 
     def submit(self, records: list[Record]) -> None:
         """Queue records behind their keys; start a worker for each key that was idle."""
@@ -520,8 +552,7 @@ class KeyScheduler:
         self._taken -= dropped
         deadline = time.monotonic() + timeout
         while any(self._running.get(tp) for tp in gone) and time.monotonic() < deadline:
-            self._wake.wait(0.05)
-            self._wake.clear()
+            self._wait_finished(1, 0.05)
             self.settle()
         self.settle()
         abandoned = sum(self._running.get(tp, 0) for tp in gone)
@@ -549,10 +580,13 @@ class KeyScheduler:
     # -- the workers' side ------------------------------------------------------------
 
     def _start(self, key: tuple[str, int, bytes | None]) -> None:
-        if self.loop is None:
-            self.pool.submit(self._run_next, key)
-        else:
+        if self.loop is not None:
             self.loop.call_soon_threadsafe(self._spawn_task, key)
+            return
+        with self._lock:
+            self._waiting += 1
+        with contextlib.suppress(RuntimeError):  # a pool shut down: the bridge stopped
+            self.pool.submit(self._run_next, key)
 
     def _take(self, key: tuple[str, int, bytes | None]) -> tuple[Record, _Watermark] | None:
         """The next record of ``key``, or None (and the key is idle) when there is none
@@ -571,24 +605,31 @@ class KeyScheduler:
         tp = (record.topic, record.partition)
         with self._lock:
             self._running[tp] -= 1
-        self._finished.append((record, outcome, mark))
-        self._wake.set()
+        finished = self._finished
+        finished.append((record, outcome, mark))
+        if len(finished) >= self._wake_at:
+            self._wake.set()
 
     def _run_next(self, key: tuple[str, int, bytes | None]) -> None:
-        """One record of ``key`` on a pool thread, then the key goes to the back of the
-        pool's queue (so that a busy key does not hold a thread while others wait)."""
-        item = self._take(key)
-        if item is None:
-            return
-        record, mark = item
+        """The records of ``key`` on a pool thread, one at a time. While other keys wait
+        for a thread, the key goes to the back of the pool's queue after each record;
+        while none do, this thread goes on with it (no hand-over per record)."""
+        with self._lock:
+            self._waiting -= 1
         inbound = self.inbound
-        try:
-            outcome = inbound._process(record)
-        except Exception as exc:
-            outcome = inbound._unexpected(record, exc)
-        self._done(record, self._confirmed(outcome), mark)
-        with contextlib.suppress(RuntimeError):  # a pool shut down: the bridge stopped
-            self.pool.submit(self._run_next, key)
+        while True:
+            item = self._take(key)
+            if item is None:
+                return
+            record, mark = item
+            try:
+                outcome = inbound._process(record)
+            except Exception as exc:
+                outcome = inbound._unexpected(record, exc)
+            self._done(record, self._confirmed(outcome), mark)
+            if self._waiting:
+                self._start(key)
+                return
 
     def _confirmed(self, outcome: Outcome) -> Outcome:
         if outcome.__class__ is int:

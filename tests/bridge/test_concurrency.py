@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bridge import Bridge, ConfigError, KafkaTransport, MemoryTransport, Route, Transport
+from bridge._inbound import PAUSE_AFTER
 from eventbus import EventBus
 from tests.bridge.helpers import read, unique, wait_for
 
@@ -167,7 +168,7 @@ def test_retries_and_dead_letters_of_one_key_do_not_hold_back_other_keys(
     assert dict(letter.headers)["eventbus-dlq-attempts"] == b"3"
 
 
-def test_fetching_pauses_while_handlers_are_busy(transport: Transport) -> None:
+def test_records_taken_are_bounded_while_handlers_are_busy(transport: Transport) -> None:
     topic = unique("conc-pause")
     out, inbound = EventBus(), EventBus()
     release = threading.Event()
@@ -185,13 +186,13 @@ def test_fetching_pauses_while_handlers_are_busy(transport: Transport) -> None:
     ):
         for n in range(300):
             out.emit("n.x", n=n)
-        # At most concurrency + batch_size taken before pausing, plus one batch read
-        # while pausing: 2 + 5 + 5. Wait until the bridge took that many, then give a
-        # pausing bug many poll cycles to show itself.
+        # At most concurrency + batch_size (2 + 5) taken and not done. Wait until the
+        # bridge took that many, then give a bug many poll cycles to show itself, past
+        # the moment fetching is paused (PAUSE_AFTER).
         wait_for(lambda: b.stats.received >= 7, what="the first records taken")
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + PAUSE_AFTER + 0.5
         while time.monotonic() < deadline:
-            assert b.stats.received <= 12, b.stats.received
+            assert b.stats.received == 7, b.stats.received
             time.sleep(0.05)
         release.set()
         wait_for(lambda: len(handled) == 300, timeout=30, what="every record after resuming")
@@ -257,3 +258,34 @@ def test_rebalance_with_work_in_flight_loses_nothing(transport: Transport) -> No
 def test_concurrency_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="concurrency"):
         Bridge(EventBus(), transport=MemoryTransport(), service="s", routes=[], concurrency=0)
+
+
+def test_a_busy_member_still_hands_over_partitions_when_the_group_rebalances(
+    transport: Transport,
+) -> None:
+    topic = unique("conc-busy")
+    out = EventBus()
+    release = threading.Event()
+    seen: dict[str, set[int]] = {"a": set(), "b": set()}
+
+    a, b = EventBus(), EventBus()
+
+    @a.on("n.x")
+    def stuck(sender: Any, *, n: int) -> None:
+        release.wait(60)
+        seen["a"].add(n)
+
+    b.on("n.x")(lambda sender, *, n: seen["b"].add(n))
+    route = Route.inbound("n.x", topic=topic)
+    opts: dict[str, Any] = {"partitions": 2, "ready_timeout": 60, "drain_timeout": 0.5}
+    with bridge(out, transport, "api", Route.outbound("n.x", topic=topic, key="n"), partitions=2):
+        with bridge(a, transport, "w", route, concurrency=2, batch_size=5, **opts) as first:
+            for n in range(100):
+                out.emit("n.x", n=n)
+            wait_for(lambda: first.stats.received >= 7, what="the first member saturated")
+            # The first member keeps polling while its handlers are stuck: the group can
+            # move a partition to the second member, whose records are then handled.
+            with bridge(b, transport, "w", route, **opts):
+                wait_for(lambda: len(seen["b"]) >= 20, timeout=60, what="the moved partition")
+                release.set()
+                wait_for(lambda: len(seen["a"] | seen["b"]) == 100, timeout=60, what="all")
