@@ -142,10 +142,17 @@ MANAGED = frozenset({"delivery.report.only.error", "on_delivery", "dr_cb", "dr_m
 def _on_error(err: KafkaError) -> None:
     """librdkafka's error callback: transient errors are logged (the client retries them
     itself); a fatal one raises out of the ``poll``/``flush``/``consume`` that served it."""
-    if err.fatal():
+    if _is_fatal(err):
         log.error("fatal Kafka error: %s", err)
         raise TransportError(f"fatal Kafka error: {err}")
     log.warning("Kafka error (the client retries): %s", err)
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    """A fatal error: the client can do nothing more. librdkafka reports one to a consumer
+    as a message whose error is ``_FATAL`` (and ``fatal()`` False): a fenced static member
+    (a second replica with its ``group.instance.id``) gets that."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 def _client_config(
@@ -448,7 +455,7 @@ class _KafkaConsumer(Consumer):
                 error = msg.error()
                 if error is None:
                     return _record(msg)
-                if error.fatal():
+                if _is_fatal(error):
                     raise TransportError(f"fatal Kafka consumer error: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("Kafka consumer error (skipped): %s", error)
@@ -480,7 +487,7 @@ class _KafkaConsumer(Consumer):
                 error = msg.error()
                 if error is None:
                     continue
-                if error.fatal():
+                if _is_fatal(error):
                     raise TransportError(f"fatal Kafka consumer error: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("Kafka consumer error (skipped): %s", error)
