@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from ._errors import ConfigError, QueueFullError, TransportError
+from ._throttle import LogThrottle
 from ._transport import (
     Consumer,
     DeliveryCallback,
@@ -42,6 +43,7 @@ from ._transport import (
 )
 
 log = logging.getLogger("bridge.kafka")
+_error_log = LogThrottle(log)
 
 __all__ = ["CONSUMER_ONLY", "PRODUCER_ONLY", "KafkaTransport"]
 
@@ -145,7 +147,9 @@ def _on_error(err: KafkaError) -> None:
     if _is_fatal(err):
         log.error("fatal Kafka error: %s", err)
         raise TransportError(f"fatal Kafka error: {err}")
-    log.warning("Kafka error (the client retries): %s", err)
+    # librdkafka logs the same condition itself (its own line, through ``logger``): this
+    # one says once per condition that the client retries, then counts the repeats.
+    _error_log.log(logging.WARNING, err.code(), "Kafka error (the client retries): %s", err)
 
 
 def _is_fatal(err: KafkaError) -> bool:
@@ -458,7 +462,9 @@ class _KafkaConsumer(Consumer):
                 if _is_fatal(error):
                     raise TransportError(f"fatal Kafka consumer error: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("Kafka consumer error (skipped): %s", error)
+                    _error_log.log(
+                        logging.WARNING, error.code(), "Kafka consumer error (skipped): %s", error
+                    )
                 timeout = max(0.0, deadline - time.monotonic())
         except KafkaException as exc:
             raise _translate(exc, "consumer poll failed") from exc
@@ -490,7 +496,9 @@ class _KafkaConsumer(Consumer):
                 if _is_fatal(error):
                     raise TransportError(f"fatal Kafka consumer error: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("Kafka consumer error (skipped): %s", error)
+                    _error_log.log(
+                        logging.WARNING, error.code(), "Kafka consumer error (skipped): %s", error
+                    )
         return records
 
     def store(self, record: Record) -> None:
