@@ -63,13 +63,13 @@ def test_a_dead_lettered_handler_failure_logs_its_traceback_and_each_retry_at_de
 
 
 def test_a_long_traceback_is_bounded() -> None:
-    from bridge._dead_letters import TRACEBACK_LIMIT, bounded_traceback
+    from bridge._dead_letters import LOG_TRACEBACK_LIMIT, bounded_traceback
 
     try:
         raise RuntimeError("a long story " * 1000 + "the end")
     except RuntimeError as exc:
         text = bounded_traceback(exc)
-    assert len(text) < TRACEBACK_LIMIT + 100
+    assert len(text) < LOG_TRACEBACK_LIMIT + 100
     assert text.startswith("Traceback (most recent call last)") and text.endswith("the end")
     assert "characters left out" in text
 
