@@ -79,17 +79,20 @@ def tracing_for(provider: Any, *, bridge_id: str, group: str) -> Tracing | None:
     return Tracing(provider.get_tracer(INSTRUMENTATION), bridge_id=bridge_id, group=group)
 
 
-class _HeaderGetter(Getter[Mapping[str, Any]]):
-    """Reads W3C (and other propagators') fields from record headers: bytes, maybe bad."""
+def _header_getter() -> Any:
+    """A propagator getter for record headers: bytes values, maybe bad ones."""
 
-    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
-        value = carrier.get(key)
-        if type(value) is bytes:
-            return [value.decode(errors="replace")]
-        return None
+    class HeaderGetter(Getter[Mapping[str, Any]]):  # defined here: the API may be absent
+        def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
+            value = carrier.get(key)
+            if type(value) is bytes:
+                return [value.decode(errors="replace")]
+            return None
 
-    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
-        return list(carrier)
+        def keys(self, carrier: Mapping[str, Any]) -> list[str]:
+            return list(carrier)
+
+    return HeaderGetter()
 
 
 class Tracing:
@@ -101,7 +104,7 @@ class Tracing:
         self._tracer = tracer
         self._origin = bridge_id.encode()
         self.group = group
-        self._getter = _HeaderGetter()
+        self._getter = _header_getter()
 
     # -- outbound -------------------------------------------------------------------
 

@@ -6,8 +6,11 @@ The SDK's in-memory exporter collects the spans; each bridge gets the test's pro
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,8 @@ from bridge import Bridge, KafkaTransport, MemoryTransport, Route, trace_context
 from bridge._tracing import tracing_for
 from eventbus import EventBus
 from tests.bridge.helpers import read, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -295,3 +300,31 @@ def test_without_a_provider_nothing_changes() -> None:
     (record,) = read(transport, "t", 1)
     assert "traceparent" not in dict(record.headers)  # no span, no context to carry
     transport.close()
+
+
+ABSENT = """
+import sys
+sys.modules["opentelemetry"] = None  # as without the otel extra
+from bridge import Bridge, ConfigError, MemoryTransport, Route
+from eventbus import EventBus
+from tests.bridge.helpers import read
+transport, bus = MemoryTransport(), EventBus()
+with Bridge(bus, transport=transport, service="a", routes=[Route.outbound("t.*", topic="t")]):
+    bus.emit("t.one", n=1)
+(record,) = read(transport, "t", 1)
+print(sorted(name for name, _ in record.headers))
+try:
+    Bridge(bus, transport=transport, service="a", routes=[], tracer_provider=object())
+except ConfigError as exc:
+    print(exc)
+"""
+
+
+def test_without_the_otel_extra_the_bridge_works_and_a_provider_is_a_clear_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", ABSENT], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    headers, error = done.stdout.splitlines()
+    assert "traceparent" not in headers and "ce_id" in headers
+    assert error == "tracer_provider needs OpenTelemetry: pip install 'eventbus-bridge[otel]'"
