@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,7 @@ def render_tree(spans: list[ReadableSpan]) -> str:
 
 
 def _memory_bridges(
-    provider: TracerProvider | None, **kw: Any
+    provider: TracerProvider | None, key: str | None = None, **kw: Any
 ) -> tuple[MemoryTransport, EventBus, Bridge, EventBus, Bridge]:
     transport = MemoryTransport()
     sender, receiver = EventBus(), EventBus()
@@ -206,8 +207,9 @@ def _memory_bridges(
         sender,
         transport=transport,
         service="a",
-        routes=[Route.outbound("t.*", topic="t")],
+        routes=[Route.outbound("t.*", topic="t", key=key)],
         tracer_provider=provider,
+        partitions=4,
     )
     inbound = Bridge(
         receiver,
@@ -328,3 +330,69 @@ def test_without_the_otel_extra_the_bridge_works_and_a_provider_is_a_clear_error
     headers, error = done.stdout.splitlines()
     assert "traceparent" not in headers and "ce_id" in headers
     assert error == "tracer_provider needs OpenTelemetry: pip install 'eventbus-bridge[otel]'"
+
+
+def _handler_spans_match_records(
+    spans: list[ReadableSpan], seen: dict[tuple[str, str], int], count: int
+) -> None:
+    process = {
+        s.attributes["messaging.message.id"]: s.context.span_id
+        for s in spans
+        if s.name == "process t" and s.attributes and s.context
+    }
+    assert len(process) == count
+    # every handler ran inside the span of its own record, whichever thread or task ran it
+    assert {event_id: span for (event_id, _), span in seen.items()} == process
+
+
+def test_concurrent_handlers_each_run_in_their_records_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    transport, sender, out, receiver, inbound = _memory_bridges(provider, "k", concurrency=4)
+    seen: dict[tuple[str, str], int] = {}
+    threads: set[int] = set()
+    lock = threading.Lock()
+
+    @receiver.on("t.work")
+    def work(sender: Any, **payload: Any) -> None:
+        time.sleep(0.002)  # let the records of other keys overlap this one
+        span_id = trace.get_current_span().get_span_context().span_id
+        with lock:
+            seen[(sender.id, "sync")] = span_id
+            threads.add(threading.get_ident())
+
+    with inbound, out:
+        for n in range(20):
+            sender.emit("t.work", n=n, k=str(n % 5))
+        wait_for(lambda: len(seen) == 20, what="20 handled events")
+    assert len(threads) > 1  # the records really ran on several threads
+    _handler_spans_match_records(_spans(exporter, 40), seen, 20)
+    transport.close()
+
+
+def test_async_handlers_each_run_in_their_records_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    import asyncio
+
+    transport, sender, out, receiver, inbound = _memory_bridges(provider, "k", concurrency=4)
+    seen: dict[tuple[str, str], int] = {}
+
+    @receiver.on("t.work")
+    async def work(sender: Any, **payload: Any) -> None:
+        await asyncio.sleep(0.001)  # interleave the records' tasks
+        seen[(sender.id, "async")] = trace.get_current_span().get_span_context().span_id
+
+    async def app() -> None:
+        async with inbound:
+            with out:
+                for n in range(20):
+                    sender.emit("t.work", n=n, k=str(n % 5))
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(seen) < 20 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+
+    asyncio.run(app())
+    assert len(seen) == 20
+    _handler_spans_match_records(_spans(exporter, 40), seen, 20)
+    transport.close()
