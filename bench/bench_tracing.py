@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
@@ -34,7 +35,8 @@ import bench_bridge as bb
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bridge import KafkaTransport
+from bridge import Bridge, KafkaTransport, Route
+from eventbus import EventBus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +112,11 @@ def bench_absent(n: int, rounds: int, base: str) -> dict[str, Any]:
         raw = statistics.median(got["raw"])
         b, a = statistics.median(got["before"]), statistics.median(got["after"])
         api = statistics.median(got["api"])
+        # Each round's after/before: slow drift of a shared machine cancels within a round.
+        paired = [x / y for x, y in zip(got["after"], got["before"], strict=True)]
         out[which] = {
+            "paired_after_over_before": statistics.median(paired),
+            "rounds_after_over_before": paired,
             "api_no_provider_eps": api,
             "api_over_before": api / b,
             "raw_eps": raw,
@@ -154,6 +160,7 @@ def bench_sdk(n: int, rounds: int) -> dict[str, Any]:
         on["consume"].append(bb.bridge_consume(n, consume_topic, tracer_provider=provider))
     provider.shutdown()
     out: dict[str, Any] = {"bench": "otel-sdk", "events": n, "rounds": rounds}
+    out.update(span_costs(20_000, rounds))
     for which in ("produce", "consume"):
         plain, traced = statistics.median(off[which]), statistics.median(on[which])
         out[which] = {
@@ -165,8 +172,86 @@ def bench_sdk(n: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+def span_costs(n: int, rounds: int) -> dict[str, float]:
+    """Microseconds per ``send`` and per ``process`` span, without Kafka: the traced call
+    against the same call untraced, in alternating rounds (medians)."""
+    from bridge._envelope import HeaderBuilder
+    from bridge._tracing import tracing_for
+    from bridge._transport import Record
+
+    provider = _provider()
+    tracing = tracing_for(provider, bridge_id="bench", group="bench")
+    assert tracing is not None
+    headers = HeaderBuilder("bench", "origin").build("user.registered")
+    value = b"x" * 40
+
+    def handle(record: Record) -> int:
+        return 0
+
+    traced_handle = tracing.processing(handle)
+    sent = _fill_headers(tracing, headers, value)
+    record = Record("topic", 0, 1, b"42", value, sent, None)
+    plain: dict[str, list[float]] = {"send": [], "process": []}
+    traced: dict[str, list[float]] = {"send": [], "process": []}
+    bare: list[float] = []  # the SDK alone: a span with the same attributes, started, ended
+    tracer = provider.get_tracer("bench")
+    attributes = {"messaging.system": "kafka", "messaging.operation.name": "send"}
+    attributes.update({f"attribute.{i}": "value" for i in range(8)})
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(n):
+            tracer.start_span("send topic", attributes=attributes).end()
+        bare.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(n):
+            list(headers)
+        plain["send"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(n):
+            with tracing.sending("topic", b"42", value, headers) as written:
+                list(written)
+        traced["send"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(n):
+            handle(record)
+        plain["process"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(n):
+            traced_handle(record)
+        traced["process"].append(time.perf_counter() - start)
+    provider.shutdown()
+    costs = {
+        f"{kind}_span_us": (statistics.median(traced[kind]) - statistics.median(plain[kind]))
+        / n
+        * 1e6
+        for kind in ("send", "process")
+    }
+    costs["bare_sdk_span_us"] = statistics.median(bare) / n * 1e6
+    return costs
+
+
+def _fill_headers(tracing: Any, headers: Any, value: bytes) -> Any:
+    with tracing.sending("topic", b"42", value, headers) as written:
+        return written
+
+
 def _fill_traced(topic: str, n: int, provider: TracerProvider) -> None:
-    bb.bridge_produce(n, topic, tracer_provider=provider)
+    """``n`` records on ``topic`` with ``n`` = 0 .. n-1, each with a trace context."""
+    bus = EventBus()
+    transport = KafkaTransport({"bootstrap.servers": bb.bootstrap()})
+    bridge = Bridge(
+        bus,
+        transport=transport,
+        service="filler",
+        routes=[Route.outbound("user.*", topic=topic, key="user_id")],
+        tracer_provider=provider,
+    )
+    with bridge:
+        for i in range(n):
+            bus.emit("user.registered", **{**bb.PAYLOAD, "n": i})
+        while bridge.stats.produced < n:
+            time.sleep(0.01)
+    transport.close()
 
 
 def report(result: dict[str, Any]) -> None:
@@ -180,7 +265,8 @@ def report(result: dict[str, Any]) -> None:
             print(
                 f"  {which:8} raw {r['raw_eps']:9.0f}/s  before {r['before_eps']:9.0f}/s "
                 f"({r['before_ratio']:.2f} of raw)  after {r['after_eps']:9.0f}/s "
-                f"({r['after_ratio']:.2f} of raw)  after/before {r['after_over_before']:.3f} "
+                f"({r['after_ratio']:.2f} of raw)  after/before {r['after_over_before']:.3f}, "
+                f"median of the rounds' {r['paired_after_over_before']:.3f} "
                 f"(target >= {r['target']}); API without a provider "
                 f"{r['api_no_provider_eps']:9.0f}/s ({r['api_over_before']:.3f} of before)"
             )
@@ -195,6 +281,11 @@ def report(result: dict[str, Any]) -> None:
                 f"  {which:8} untraced {r['untraced_eps']:9.0f}/s  traced {r['traced_eps']:9.0f}/s "
                 f"({r['ratio']:.2f})  cost {r['cost_us_per_event']:.1f} us/event"
             )
+        print(
+            f"  without Kafka: {result['send_span_us']:.1f} us per send span, "
+            f"{result['process_span_us']:.1f} us per process span; the SDK alone "
+            f"{result['bare_sdk_span_us']:.1f} us per span with 10 attributes"
+        )
 
 
 def _merge_base() -> str:

@@ -129,12 +129,19 @@ class Tracing:
         span = self._tracer.start_span(
             f"send {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
         )
-        with trace.use_span(span, end_on_exit=True, record_exception=True):
+        # Not made current: no application code runs while the record is queued.
+        try:
             carrier: dict[str, str] = {}
-            propagate.inject(carrier)  # the current context: the new span's
+            propagate.inject(carrier, context=trace.set_span_in_context(span))
             traced = [h for h in headers if h[0] not in _TRACE_HEADERS]
             traced.extend((name, text.encode()) for name, text in carrier.items())
             yield traced
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            span.end()
 
     # -- inbound --------------------------------------------------------------------
 
