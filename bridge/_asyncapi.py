@@ -3,10 +3,11 @@
 ``asyncapi_document(config)`` describes what a service configured by ``config`` sends and
 receives, as a JSON-ready dict (``eventbus-bridge asyncapi`` prints it):
 
-* a **channel** per topic (the routes' topics and, for inbound routes, their dead-letter
-  topics), with the Kafka channel binding;
+* a **channel** per topic (the routes' topics and, for inbound routes, their retry and
+  dead-letter topics), with the Kafka channel binding;
 * an **operation** per route and direction: ``send`` for ``out``, ``receive`` for ``in``
-  (with the consumer group), both for ``both``; and a ``send`` to each dead-letter topic;
+  (with the consumer group), both for ``both``; a ``send`` to each dead-letter topic, and
+  a ``send`` and a ``receive`` for each delayed retry topic (``retry_delays``);
 * a **message** per signal: the JSON Schema of its ``@event`` dataclass, or an open object
   for an untyped signal or a pattern; the route's key field as the Kafka message key; and
   the CloudEvents binary-mode headers as a message trait, the way the CloudEvents
@@ -42,6 +43,7 @@ from eventbus._typed import Schema, schema_of
 from ._codec import CONTENT_TYPE
 from ._envelope import DLQ_PREFIX, ORIGIN, SPECVERSION
 from ._errors import ConfigError
+from ._retry_topics import RETRY_PREFIX
 
 if TYPE_CHECKING:
     from eventbus import EventBus
@@ -66,6 +68,17 @@ DLQ_HEADERS = {
     DLQ_PREFIX + "traceback": "When handlers failed: their tracebacks (at most 8 KiB).",
 }
 """The headers a dead letter adds to the original ones (docs/wire-format.md)."""
+RETRY_MESSAGE = "eventbus.retry"
+RETRY_HEADERS = {
+    RETRY_PREFIX + "attempt": "Which delay this is: 1 for the first retry topic.",
+    RETRY_PREFIX + "first-failure": "When the handlers first failed (ms since the epoch).",
+    RETRY_PREFIX + "due": "When the record is to be handled again (ms since the epoch).",
+    RETRY_PREFIX + "reason": "Why the handlers failed.",
+    RETRY_PREFIX + "topic": "The topic the record was first read from.",
+    RETRY_PREFIX + "partition": "Its partition there, in decimal text.",
+    RETRY_PREFIX + "offset": "Its offset there, in decimal text.",
+}
+"""The headers a record on a delayed retry topic adds to the original ones."""
 
 JSON = dict[str, Any]
 
@@ -432,6 +445,7 @@ class _Builder:
                 },
             },
         )
+        self._retry_topics(route, group)
         dlq = route.dead_letter_topic
         dead = self._channel(dlq, f"Dead letters of {route.topic}: records that failed.")
         dead["messages"][DEAD_LETTER_MESSAGE] = self._dead_letter_message(route)
@@ -445,6 +459,57 @@ class _Builder:
                 "messages": [{"$ref": f"#/channels/{dlq}/messages/{DEAD_LETTER_MESSAGE}"}],
             },
         )
+
+    def _retry_topics(self, route: Route, group: str) -> None:
+        """The delayed retry topics of ``route``: the bridge sends to them and reads them."""
+        delays = dict(zip(route.retry_topics, route.retry_delays, strict=True))
+        for topic, delay in delays.items():
+            channel = self._channel(
+                topic, f"Records of {route.topic} whose handlers failed, retried after {delay:g} s."
+            )
+            channel["messages"][RETRY_MESSAGE] = {
+                "name": RETRY_MESSAGE,
+                "title": f"Retry of {route.topic} after {delay:g} s",
+                "summary": "The failed record as it was (key, value, headers), plus the "
+                "eventbus-retry-* headers; only its failed handlers run again when due.",
+                "headers": {
+                    "type": "object",
+                    "properties": {
+                        name: {"type": "string", "description": description}
+                        for name, description in RETRY_HEADERS.items()
+                    },
+                    "required": [RETRY_PREFIX + "attempt", RETRY_PREFIX + "due"],
+                },
+                "payload": {"description": f"The original record value, one of {route.topic}'s."},
+                "traits": [{"$ref": f"#/components/messageTraits/{CLOUDEVENTS_TRAIT}"}],
+            }
+            ref = [{"$ref": f"#/channels/{topic}/messages/{RETRY_MESSAGE}"}]
+            self._operation(
+                f"send-{topic}",
+                {
+                    "action": "send",
+                    "channel": {"$ref": f"#/channels/{topic}"},
+                    "summary": f"Records of {route.topic} still failing after the in-place "
+                    f"attempts (or an earlier delay), to be retried after {delay:g} s.",
+                    "messages": ref,
+                },
+            )
+            self._operation(
+                f"receive-{topic}",
+                {
+                    "action": "receive",
+                    "channel": {"$ref": f"#/channels/{topic}"},
+                    "summary": "Retry records, handled again once due; failing again, they "
+                    "go to the next delay's topic, after the last to the dead letters.",
+                    "messages": [dict(r) for r in ref],
+                    "bindings": {
+                        "kafka": {
+                            "groupId": {"type": "string", "enum": [group]},
+                            "bindingVersion": KAFKA_BINDING_VERSION,
+                        }
+                    },
+                },
+            )
 
     def _channel(self, topic: str, description: str | None = None) -> JSON:
         channel: JSON | None = self.channels.get(topic)

@@ -40,7 +40,13 @@ CONFIG = {
     "route": [
         {"signals": "shop.order.*", "topic": "orders", "direction": "out", "key": "order_id"},
         {"signals": ["shop.user.registered"], "topic": "users", "direction": "both"},
-        {"signals": "billing.**", "topic": "billing", "direction": "in", "dlq": "billing-dead"},
+        {
+            "signals": "billing.**",
+            "topic": "billing",
+            "direction": "in",
+            "dlq": "billing-dead",
+            "retry_delays": [10, 60],
+        },
         {"signals": "audit.entry", "topic": "audit", "direction": "in"},
     ],
 }
@@ -193,6 +199,8 @@ def test_the_document_has_every_route_typed_event_and_dead_letter_topic() -> Non
         "users",
         "users.dlq",
         "billing",
+        "billing.retry.10s",
+        "billing.retry.1m",
         "billing-dead",
         "audit",
         "audit.dlq",
@@ -215,6 +223,10 @@ def test_the_document_has_every_route_typed_event_and_dead_letter_topic() -> Non
         "receive-users": "receive",
         "send-users.dlq": "send",
         "receive-billing": "receive",
+        "send-billing.retry.10s": "send",
+        "receive-billing.retry.10s": "receive",
+        "send-billing.retry.1m": "send",
+        "receive-billing.retry.1m": "receive",
         "send-billing-dead": "send",
         "receive-audit": "receive",
         "send-audit.dlq": "send",
@@ -340,6 +352,8 @@ def test_the_official_parser_accepts_the_documents(parse: Any) -> None:
         "users",
         "users.dlq",
         "billing",
+        "billing.retry.10s",
+        "billing.retry.1m",
         "billing-dead",
         "audit",
         "audit.dlq",
@@ -353,6 +367,8 @@ def test_the_official_parser_accepts_the_documents(parse: Any) -> None:
     assert by_id["receive-users"]["messages"] == ["shop.user.registered"]
     assert by_id["receive-billing"]["messages"] == ["billing.**"]
     assert by_id["send-billing-dead"]["channels"] == ["billing-dead"]
+    assert by_id["receive-billing.retry.1m"]["messages"] == ["eventbus.retry"]
+    assert by_id["send-billing.retry.10s"]["channels"] == ["billing.retry.10s"]
     messages = {m["name"]: m for m in shop["messages"]}
     for name in ("shop.order.placed", "shop.order.cancelled", "shop.user.registered"):
         assert messages[name]["payload"] == "object"
