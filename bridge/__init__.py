@@ -5,6 +5,7 @@ through confluent-kafka, ``MemoryTransport`` is an in-process broker for tests. 
 wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 """
 
+from ._asyncapi import asyncapi_document, dump_asyncapi
 from ._bridge import Bridge
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
@@ -55,7 +56,9 @@ __all__ = [
     "Stats",
     "Transport",
     "TransportError",
+    "asyncapi_document",
     "current_trace",
+    "dump_asyncapi",
     "hosted",
     "load_config",
     "trace_context",
