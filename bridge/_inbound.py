@@ -28,13 +28,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeAlias
 
-from eventbus import EventBus, HandlerFailure, PayloadError
+from eventbus import EventBus, HandlerFailure, InvalidNameError, PayloadError, check_name
 
 from ._codec import MsgpackCodec
 from ._dead_letters import DeadLetter, DeadLetters, where
 from ._dedup import DedupStore
-from ._envelope import Envelope, read_envelope, trace_context
+from ._envelope import Envelope, trace_context
 from ._errors import DecodeError
+from ._formats import Readers
 from ._remote import Remote
 from ._routes import Route
 from ._stats import Stats
@@ -91,6 +92,7 @@ class Inbound:
         self.bridge_id = bridge_id
         self.routes = tuple(r for r in routes if r.is_inbound)
         self.codec = codec
+        self.readers = Readers(self.routes, codec, bus.schema)
         self.dedup = dedup
         self.dead_letters = dead_letters
         self._stats = stats
@@ -221,12 +223,10 @@ class Inbound:
         """Decode and route one record: the job of running its handlers, or the outcome
         when there is none to run (an echo, unrouted, a duplicate, a dead letter)."""
         try:
-            envelope = read_envelope(record)
-            event_id, source, name, at, origin, _, _ = envelope
+            envelope, payload = self.readers.read(record)  # decoded already, or None
+            event_id, source, name, at, origin, _, _, _, extensions = envelope
             if origin == self.bridge_id:
                 return ECHO
-            value = record.value
-            payload = self.codec.decode(value if value is not None else b"")
         except DecodeError as exc:
             return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", None, 0)
         topic = record.topic
@@ -238,10 +238,26 @@ class Inbound:
                 reason = f"no inbound route for type {name!r} on this topic"
                 return self._dead_letter(record, None, reason, "unrouted", None, 0)
             return UNROUTED
+        if payload is None:  # routed before decoded: unrouted records are never decoded
+            try:
+                payload = self.readers.decode(record, envelope)
+            except DecodeError as exc:
+                reason = f"undecodable record: {exc}"
+                return self._dead_letter(record, route, reason, "decode", None, 0)
         if self.dedup.seen(event_id):
             return DUPLICATE
         sender = _new_remote(
-            Remote, (source, event_id, at, topic, record.partition, record.offset, self.bridge_id)
+            Remote,
+            (
+                source,
+                event_id,
+                at,
+                topic,
+                record.partition,
+                record.offset,
+                self.bridge_id,
+                extensions,
+            ),
         )
         return (route, envelope, name, payload, sender)
 
@@ -326,7 +342,9 @@ class Inbound:
             self._stats.retried += 1
 
     def _route_of(self, topic: str, name: str) -> Route | None:
-        route = next((r for r in self.routes if r.topic == topic and r.matches(name)), None)
+        route = None
+        if is_name(name):  # a foreign type no route maps to a signal name is unrouted
+            route = next((r for r in self.routes if r.topic == topic and r.matches(name)), None)
         if len(self._cache) > 10_000:  # hostile streams of made-up types
             self._cache.clear()
         self._cache[(topic, name)] = route
@@ -350,6 +368,15 @@ class Inbound:
             route = next((r for r in self.routes if r.topic == record.topic), None)
         topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
         return self.dead_letters.letter(record, topic, reason, error, failure, attempts)
+
+
+def is_name(text: str) -> bool:
+    """True if ``text`` is a valid signal name."""
+    try:
+        check_name(text)
+    except InvalidNameError:
+        return False
+    return True
 
 
 def _maybe_trace(envelope: Envelope) -> contextlib.AbstractContextManager[None]:
