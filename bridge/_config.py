@@ -188,7 +188,18 @@ BRIDGE_CONSTRUCTOR_KEYS = (
     "outbox_max_events",
     "dedup_path",
 )
-ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq")
+ROUTE_KEYS = (
+    "signals",
+    "topic",
+    "direction",
+    "key",
+    "dlq",
+    "format",
+    "content_type",
+    "types",
+    "type_field",
+    "id_field",
+)
 SECTIONS = ("bridge", "kafka", "route")
 
 
@@ -279,6 +290,9 @@ def describe_route(route: Route) -> str:
     text = f"route {route.direction:<4} {', '.join(route.signals)} {arrow} {route.topic}"
     if route.key:
         text += f" (key {route.key})"
+    if route.format != "cloudevents" or route.content_type:
+        text += f" (format {route.format}"
+        text += f", {route.content_type})" if route.content_type else ")"
     if route.is_inbound:
         text += f" (dead letters to {route.dead_letter_topic})"
     return text
@@ -497,11 +511,27 @@ def _route(number: int, data: Any, source: str) -> Route:
         raise ConfigError(
             f"{where}: signals expects a string or a list of strings, got {_type_name(signals)}"
         )
-    for key in ("topic", "direction", "key", "dlq"):
+    for key in (
+        "topic",
+        "direction",
+        "key",
+        "dlq",
+        "format",
+        "content_type",
+        "type_field",
+        "id_field",
+    ):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(
                 f"{where}: {key} expects a string, got {_type_name(data[key])} ({data[key]!r})"
             )
+    types = data.get("types")
+    if types is not None and not (
+        isinstance(types, dict) and all(isinstance(v, str) for v in types.values())
+    ):
+        raise ConfigError(
+            f"{where}: types expects a table of foreign type = signal name, got {_type_name(types)}"
+        )
     try:
         return Route(
             (signals,) if isinstance(signals, str) else tuple(signals),
@@ -509,6 +539,11 @@ def _route(number: int, data: Any, source: str) -> Route:
             data["direction"],
             key=data.get("key"),
             dlq=data.get("dlq"),
+            format=data.get("format", "cloudevents"),
+            content_type=data.get("content_type"),
+            types=types,
+            type_field=data.get("type_field"),
+            id_field=data.get("id_field"),
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None

@@ -114,21 +114,21 @@ class Reader(Protocol):
 class DataDecoder:
     """Decodes the data of a CloudEvent: msgpack or JSON, or guessed when untyped."""
 
-    __slots__ = ("_json", "_msgpack", "_schema")
+    __slots__ = ("_json", "_schema", "msgpack")
 
     def __init__(self, codec: MsgpackCodec, json: JsonCodec, schema: SchemaOf) -> None:
-        self._msgpack = codec.decode
+        self.msgpack = codec.decode
         self._json = json
         self._schema = schema
 
     def decode(self, value: bytes, content: str, name: str) -> dict[str, Any]:
         if content == MSGPACK:
-            return self._msgpack(value)
+            return self.msgpack(value)
         if content == JSON:
             return restore(self._schema(name), self._json.decode(value))
         # No content-type: one msgpack map, else one JSON object.
         try:
-            return self._msgpack(value)
+            return self.msgpack(value)
         except DecodeError as as_msgpack:
             try:
                 return restore(self._schema(name), self._json.decode(value))
@@ -142,10 +142,11 @@ class DataDecoder:
 class CloudEventsReader:
     """CloudEvents in binary mode (``ce_*`` headers) or structured mode (a JSON object)."""
 
-    __slots__ = ("_data", "_json", "_names", "_schema")
+    __slots__ = ("_data", "_json", "_msgpack", "_names", "_schema")
 
     def __init__(self, data: DataDecoder, json: JsonCodec, names: TypeNames, schema: SchemaOf):
         self._data = data
+        self._msgpack = data.msgpack
         self._json = json
         self._names = names if names else None
         self._schema = schema
@@ -179,6 +180,8 @@ class CloudEventsReader:
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         value = record.value
+        if envelope.content == MSGPACK and value is not None:
+            return self._msgpack(value)  # the common case, one call
         return self._data.decode(
             value if value is not None else b"", envelope.content, envelope.type
         )
@@ -337,7 +340,7 @@ class Readers:
     ``cloudevents-structured`` read the same); ConfigError if they do not.
     """
 
-    __slots__ = ("_by_topic", "_default")
+    __slots__ = ("_by_topic", "_decode", "_default", "_default_decode", "_default_read", "_read")
 
     def __init__(self, routes: Sequence[Route], codec: MsgpackCodec, schema: SchemaOf) -> None:
         json = JsonCodec(max_size=codec.max_size, max_depth=codec.max_depth)
@@ -365,14 +368,19 @@ class Readers:
             else:
                 self._by_topic[topic] = CloudEventsReader(data, json, names, schema)
         self._default = CloudEventsReader(data, json, TypeNames(()), schema)
+        # Bound methods by topic: the per-record cost is one dict lookup and one call.
+        self._read = {topic: reader.read for topic, reader in self._by_topic.items()}
+        self._decode = {topic: reader.decode for topic, reader in self._by_topic.items()}
+        self._default_read = self._default.read
+        self._default_decode = self._default.decode
 
     def read(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
         """See ``Reader.read``: the envelope, and the payload if it is decoded already."""
-        return self._by_topic.get(record.topic, self._default).read(record)
+        return self._read.get(record.topic, self._default_read)(record)
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         """The payload of a record whose ``read`` returned None for it."""
-        return self._by_topic.get(record.topic, self._default).decode(record, envelope)
+        return self._decode.get(record.topic, self._default_decode)(record, envelope)
 
 
 def _family(fmt: str) -> str:

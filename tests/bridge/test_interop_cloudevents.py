@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -270,3 +271,58 @@ def test_outbound_json_formats_come_back_as_the_same_types(
         wait_for(lambda: len(got) == 2, 30, "both records handled")
     assert got == [instance, instance]
     assert inbound.stats.dead_lettered == 0
+
+
+def test_plain_json_topics_both_ways(kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
+    """``format="json"``: what most existing producers write (a JSON object, no headers) is
+    handled, deduplicated by its position or an id field; a bridge writes the same."""
+    one, typed, out = make_topic(), make_topic(), make_topic()
+    transport = KafkaTransport({"bootstrap.servers": kafka_bootstrap})
+    bus = EventBus()
+    got: list[tuple[str, dict[str, Any], str]] = []
+
+    @bus.on_event("**")
+    def record_it(ev: Any) -> None:
+        if isinstance(ev.sender, Remote):
+            got.append((ev.name, dict(ev.payload), ev.sender.id))
+
+    routes = [
+        Route.inbound("metric.sampled", topic=one, format="json"),
+        Route.inbound(
+            "order.*",
+            topic=typed,
+            format="json",
+            type_field="kind",
+            id_field="event_id",
+            types={"OrderPlaced": "order.placed"},
+        ),
+        Route.outbound("order.*", topic=out, format="json", type_field="kind", key="order_id"),
+    ]
+    with Bridge(bus, transport=transport, service="json-py", routes=routes) as bridge:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        producer.produce(one, value=b'{"cpu": 0.5}')
+        producer.produce(typed, value=b'{"kind": "OrderPlaced", "event_id": "e-1", "n": 1}')
+        producer.produce(typed, value=b'{"kind": "OrderPlaced", "event_id": "e-1", "n": 1}')
+        producer.produce(typed, value=b'{"kind": "OrderPaid", "event_id": "e-2"}')  # unrouted
+        producer.produce(typed, value=b"not json")
+        assert producer.flush(30) == 0
+        wait_for(
+            lambda: len(got) == 2 and bridge.stats.duplicates == 1 and bridge.stats.dead_lettered,
+            30,
+            "json records handled",
+        )
+        bus.emit("order.shipped", order_id=9, at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert sorted(got) == [
+        ("metric.sampled", {"cpu": 0.5}, f"{one}/0/0"),
+        ("order.placed", {"event_id": "e-1", "n": 1}, "e-1"),
+    ]
+    assert bridge.stats.unrouted == 1 and bridge.stats.dead_lettered == 1
+    [dead] = read(transport, typed + ".dlq", 1)
+    assert b"malformed JSON" in dict(dead.headers)["eventbus-dlq-reason"]
+    [record] = read(transport, out, 1)
+    assert record.key == b"9"
+    assert json.loads(record.value) == {
+        "kind": "order.shipped",
+        "order_id": 9,
+        "at": "2026-01-01T00:00:00Z",
+    }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridge import ConfigError, MemoryTransport, Route
-from bridge._config import BRIDGE_OPTIONS, MASK, Config, is_secret, load_config, masked
+from bridge._config import BRIDGE_OPTIONS, MASK, ROUTE_KEYS, Config, is_secret, load_config, masked
 from eventbus import EventBus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +198,14 @@ def test_build_bridge_passes_every_option(write) -> None:
             r"route #2 \(topic 't'\): .*dead-letter topic must differ",
         ),
         ("[bridge\nservice='x'", r"service.toml: not valid TOML"),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\nformat='xml'",
+            r"route #1 \(topic 't'\): .*format must be one of cloudevents, cloudevents-structured, json, go-micro",
+        ),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\ntypes=['x']",
+            r"types expects a table of foreign type = signal name, got a list",
+        ),
     ],
 )
 def test_every_mistake_in_the_file_is_named(write, text: str, expected: str) -> None:
@@ -326,5 +334,42 @@ def test_the_reference_documents_every_key() -> None:
     for key in BRIDGE_OPTIONS:
         assert f"`{key}`" in reference, key
         assert f"EVENTBUS_BRIDGE_{key.upper()}" in reference, key
-    for key in ("signals", "topic", "direction", "key", "dlq"):
+    for key in ROUTE_KEYS:
         assert f"`{key}`" in reference, key
+
+
+def test_format_options_of_a_route(write) -> None:
+    config = load(
+        """
+[bridge]
+service = "s"
+[[route]]
+signals = "user.registered"
+topic = "users"
+direction = "in"
+types = { "com.example/user:registered" = "user.registered" }
+[[route]]
+signals = "order.*"
+topic = "orders"
+direction = "both"
+format = "json"
+type_field = "kind"
+id_field = "event_id"
+[[route]]
+signals = "order.*"
+topic = "orders-ce"
+direction = "out"
+content_type = "application/json"
+""",
+        write,
+    )
+    users, orders, orders_ce = config.routes
+    assert users == Route.inbound(
+        "user.registered", topic="users", types={"com.example/user:registered": "user.registered"}
+    )
+    assert users.types == {"com.example/user:registered": "user.registered"}
+    assert orders == Route.both(
+        "order.*", topic="orders", format="json", type_field="kind", id_field="event_id"
+    )
+    assert orders_ce.content_type == "application/json"
+    assert "format json" in "\n".join(config.describe())
