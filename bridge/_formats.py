@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json as json_module
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -309,9 +310,7 @@ class JsonReader:
                 event_id = str(found)
         if event_id is None:
             event_id = f"{record.topic}/{record.partition}/{record.offset}"
-        at = None
-        if record.timestamp_ms is not None and record.timestamp_ms >= 0:
-            at = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC).isoformat()
+        at = _record_time(record)
         origin = record.header(ORIGIN)
         envelope = _new_envelope(
             Envelope,
@@ -331,6 +330,80 @@ class JsonReader:
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         return self.read(record)[1]  # not reached: read returns the payload
+
+
+GO_MICRO_EXPECTED = 'a go-micro broker.Message ({"Header": {...}, "Body": "<base64>"})'
+
+
+class GoMicroReader:
+    """go-micro's Kafka broker plugin: the JSON of ``broker.Message``, the event's JSON in
+    its base64 ``Body``. Kafka headers are merged into ``Header`` as the plugin does; the
+    ``Header`` is the sender's ``extensions``; the id is ``Micro-Id``."""
+
+    __slots__ = ("_json", "_schema", "_signal")
+
+    def __init__(self, route: Route, json: JsonCodec, schema: SchemaOf):
+        self._json = json
+        self._schema = schema
+        self._signal = route.signals[0]
+
+    def read(self, record: Record) -> tuple[Envelope, dict[str, Any]]:
+        value = record.value
+        message = self._json.decode_object(value if value is not None else b"", GO_MICRO_EXPECTED)
+        # Go's encoding/json matches field names case-insensitively.
+        fields = {key.lower(): item for key, item in message.items()}
+        header = fields.get("header")
+        if header is None:
+            header = {}
+        if type(header) is not dict or not all(type(v) is str for v in header.values()):
+            raise DecodeError(f"Header is not an object of strings: expected {GO_MICRO_EXPECTED}")
+        body = fields.get("body")
+        if not isinstance(body, str):
+            raise DecodeError(
+                f"Body is missing or not a base64 string: expected {GO_MICRO_EXPECTED}"
+            )
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise DecodeError("Body is not valid base64") from None
+        for name, item in record.headers:  # as the plugin does: Kafka headers win
+            if type(item) is bytes:
+                header[name] = item.decode(errors="replace")
+        content_type = header.get("Content-Type", "application/json")
+        if not is_json_content_type(content_type):
+            raise DecodeError(
+                f"Body content type {content_type[:60]!r}: expected application/json "
+                "(protobuf bodies are not supported)"
+            )
+        payload = self._json.decode_object(raw, "a JSON object in Body")
+        name = self._signal
+        event_id = header.get("Micro-Id") or f"{record.topic}/{record.partition}/{record.offset}"
+        trace = header.get("traceparent")
+        state = header.get("tracestate")
+        envelope = _new_envelope(
+            Envelope,
+            (
+                event_id,
+                header.get("Micro-From-Service") or record.topic,
+                name,
+                _record_time(record),
+                header.get(GO_MICRO_ORIGIN),
+                trace.encode() if trace is not None else None,
+                state.encode() if state is not None else None,
+                JSON,
+                MappingProxyType(header),
+            ),
+        )
+        return envelope, restore(self._schema(name), payload)
+
+    def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
+        return self.read(record)[1]  # not reached: read returns the payload
+
+
+def _record_time(record: Record) -> str | None:
+    if record.timestamp_ms is not None and record.timestamp_ms >= 0:
+        return datetime.fromtimestamp(record.timestamp_ms / 1000, UTC).isoformat()
+    return None
 
 
 class Readers:
@@ -365,6 +438,10 @@ class Readers:
                         f"json routes on topic {topic!r}: several routes need type_field"
                     )
                 self._by_topic[topic] = JsonReader(first, json, names, schema)
+            elif first.format == "go-micro":
+                if len({r.signals for r in on_topic}) > 1:
+                    raise ConfigError(f"go-micro routes on topic {topic!r}: one signal name")
+                self._by_topic[topic] = GoMicroReader(first, json, schema)
             else:
                 self._by_topic[topic] = CloudEventsReader(data, json, names, schema)
         self._default = CloudEventsReader(data, json, TypeNames(()), schema)
@@ -481,6 +558,48 @@ class JsonWriter:
         return self._json.encode(payload), _trace_headers([(ORIGIN, self._origin)])
 
 
+GO_MICRO_ORIGIN = "Eventbus-Origin"
+
+
+class GoMicroWriter:
+    """What go-micro's event publisher sends through the Kafka plugin: the JSON of
+    ``broker.Message`` with ``Content-Type``, ``Micro-Id`` and ``Micro-Topic`` in
+    ``Header`` and the payload's JSON, base64, in ``Body``; no Kafka headers."""
+
+    __slots__ = ("_json", "_origin", "_topic")
+
+    def __init__(self, json: JsonCodec, origin: str, topic: str) -> None:
+        self._json = json
+        self._origin = origin
+        self._topic = topic
+
+    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+        body = base64.b64encode(self._json.encode(payload)).decode("ascii")
+        header = {
+            "Content-Type": JSON_CONTENT_TYPE,
+            GO_MICRO_ORIGIN: self._origin,
+            "Micro-Id": new_event_id().decode(),
+            "Micro-Topic": self._topic,
+        }
+        trace = current_trace()
+        if trace is not None:
+            header["traceparent"] = trace[0].decode(errors="replace")
+            if trace[1] is not None:
+                header["tracestate"] = trace[1].decode(errors="replace")
+        return go_message(header, body), []
+
+
+# Go's encoding/json: struct fields in order, map keys sorted, no spaces, UTF-8.
+_GO_JSON = json_module.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def go_message(header: Mapping[str, str], body: str) -> bytes:
+    """The bytes Go's ``json.Marshal(&broker.Message{...})`` writes (for header values
+    without ``<``, ``>``, ``&``, which Go escapes as ``\\u003c``...)."""
+    message = {"Header": dict(sorted(header.items())), "Body": body}
+    return _GO_JSON.encode(message).encode()
+
+
 class Writers:
     """The writer of each outbound route (routes of the same format share one)."""
 
@@ -495,7 +614,8 @@ class Writers:
         for route in routes:
             table = route.types if isinstance(route.types, Mapping) else {}
             types = {signal: foreign for foreign, signal in table.items()}
-            spec = (route.format, route.content_type, route.type_field, tuple(types.items()))
+            topic = route.topic if route.format == "go-micro" else None
+            spec = (route.format, route.content_type, route.type_field, tuple(types.items()), topic)
             writer = made.get(spec)
             if writer is None:
                 writer = made[spec] = self._make(route, types, codec, json, service, origin)
@@ -514,6 +634,8 @@ class Writers:
             return StructuredWriter(json, service, origin, types)
         if route.format == "json":
             return JsonWriter(json, origin, route.type_field, types)
+        if route.format == "go-micro":
+            return GoMicroWriter(json, origin, route.topic)
         if route.content_type == JSON_CONTENT_TYPE:
             return BinaryWriter(
                 json.encode, HeaderBuilder(service, origin, JSON_CONTENT_TYPE), types

@@ -131,13 +131,14 @@ class Route:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where}: {option} must be a field name")
         if (
-            self.format == "json"
+            self.format in ("json", "go-micro")
             and self.is_inbound
             and self.type_field is None
             and (len(self.signals) != 1 or "*" in self.signals[0])
         ):
+            without = " without type_field" if self.format == "json" else ""
             raise ConfigError(
-                f"{where}: a json route without type_field carries one signal name, "
+                f"{where}: an inbound {self.format} route{without} carries one signal name, "
                 f"not {list(self.signals)}"
             )
 

@@ -331,7 +331,7 @@ def test_route_format_options_are_checked() -> None:
         Route.outbound("a.b", topic="t", format="json", content_type="application/json")
     with pytest.raises(ConfigError, match="type_field applies to format 'json'"):
         Route.inbound("a.b", topic="t", type_field="kind")
-    with pytest.raises(ConfigError, match="carries one signal name"):
+    with pytest.raises(ConfigError, match="json route without type_field carries one signal name"):
         Route.inbound("a.*", topic="t", format="json")
     with pytest.raises(ConfigError, match="invalid signal name"):
         Route.inbound("a.*", topic="t", types={"x": "not a name"})
@@ -374,13 +374,20 @@ header_values = st.sampled_from(
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.sampled_from(["cloudevents", "json-one", "json-field"]),
+    st.sampled_from(["cloudevents", "json-one", "json-field", "go-micro"]),
     st.lists(st.tuples(header_names, header_values), max_size=8),
     st.binary(max_size=200)
     | st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.text(max_size=5), json_values))
     | st.builds(
         lambda d: structured(data=d).decode("utf-8").encode(),
         st.dictionaries(st.text(max_size=3), json_values),
+    )
+    | st.builds(
+        lambda header, body: json.dumps(
+            {"Header": header, "Body": base64.b64encode(body).decode()}
+        ).encode(),
+        st.dictionaries(st.text(max_size=3), st.text(max_size=3) | st.integers()),
+        st.binary(max_size=30) | st.builds(lambda d: json.dumps(d).encode(), json_values),
     ),
 )
 def test_every_reader_yields_a_payload_or_a_decode_error(
@@ -390,6 +397,7 @@ def test_every_reader_yields_a_payload_or_a_decode_error(
         "cloudevents": Route.inbound("**", topic="t"),
         "json-one": Route.inbound("a.b", topic="t", format="json"),
         "json-field": Route.inbound("**", topic="t", format="json", type_field="type"),
+        "go-micro": Route.inbound("a.b", topic="t", format="go-micro"),
     }[kind]
     try:
         envelope, payload = read_all(readers(route, schema=Thing), rec(value, headers))
