@@ -157,6 +157,12 @@ class CloudEventsReader:
             envelope = read_envelope(record)
         except DecodeError:
             content_type = record.header("content-type")
+            if content_type is None and not any(n.startswith("ce_") for n, _ in record.headers):
+                raise DecodeError(
+                    "not a CloudEvent: no ce_specversion header (binary mode) and no "
+                    f"content-type {STRUCTURED_CONTENT_TYPE} (structured mode); a topic of "
+                    'plain JSON objects needs format="json"'
+                ) from None
             if content_type is None or record.header("ce_specversion") is not None:
                 raise
             media = content_type.split(b";", 1)[0].strip().lower()

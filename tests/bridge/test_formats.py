@@ -193,7 +193,7 @@ def test_binary_mode_data_by_content_type_or_by_its_look() -> None:
         (msgpack.packb({"n": 1}), [*CE, ("content-type", b"application/json")], "malformed JSON"),
         (b'{"n": 1}', [*CE, ("content-type", b"application/vnd.msgpack")], "trailing bytes"),
         (b"{}", [*CE, ("content-type", b"text/plain")], "neither msgpack nor JSON"),
-        (b'{"n": 1}', [], "not a CloudEvent|ce_specversion is missing"),
+        (b'{"n": 1}', [], 'not a CloudEvent: no ce_specversion .* needs format="json"'),
         (
             b'{"n": 1}',
             [("content-type", b"application/json")],
