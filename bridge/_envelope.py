@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from ._errors import DecodeError
 from ._json import is_json_content_type
@@ -159,6 +159,8 @@ class Envelope(NamedTuple):
     extensions: Mapping[str, str] | None
 
 
+_Read = tuple[Envelope, "dict[str, Any] | None"]
+
 # Header values seen before, decoded: a topic carries few distinct types and sources, so
 # the inbound hot path mostly skips UTF-8 decoding.
 _types: dict[bytes, str] = {}
@@ -174,6 +176,20 @@ _layouts: dict[tuple[tuple[str, bytes], ...], tuple[str, str, str | None, str]] 
 
 def read_envelope(record: Record) -> Envelope:
     """Read and check the CloudEvents headers of a record; DecodeError if they are wrong."""
+    return read_binary(record, _refuse)[0]
+
+
+def _refuse(record: Record, error: DecodeError) -> NoReturn:
+    raise error
+
+
+def read_binary(record: Record, otherwise: Callable[[Record, DecodeError], _Read]) -> _Read:
+    """``(envelope, None)`` for a record in CloudEvents binary mode; for any other record,
+    what ``otherwise(record, error)`` returns (or raises).
+
+    The pair is what a format's reader returns (bridge._formats: the payload, None here,
+    is decoded after routing); one function, not a wrapper, because it runs per record.
+    """
     headers = record.headers
     if len(headers) == 7:
         try:
@@ -197,16 +213,20 @@ def read_envelope(record: Record) -> Envelope:
                 else:
                     source, ce_type, origin, content = known
                     at = raw_time.decode(errors="replace")
-                    return _new_envelope(
+                    envelope = _new_envelope(
                         Envelope, (ce_id, source, ce_type, at, origin, None, None, content, None)
                     )
-    envelope = envelope_of(dict(headers))  # the last value of a repeated header wins
+                    return envelope, None
+    try:
+        envelope = envelope_of(dict(headers))  # the last value of a repeated header wins
+    except DecodeError as exc:
+        return otherwise(record, exc)
     if len(headers) == 7 and tuple(name for name, _ in headers) == _LAYOUT:
         if len(_layouts) >= _CACHE_LIMIT:  # producers come and go (each has an origin)
             _layouts.clear()
         static = (headers[0], headers[2], headers[3], headers[5], headers[6])
         _layouts[static] = (envelope.source, envelope.type, envelope.origin, envelope.content)
-    return envelope
+    return envelope, None
 
 
 _new_envelope = tuple.__new__

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json as json_module
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from ._envelope import (
     HeaderBuilder,
     current_trace,
     new_event_id,
-    read_envelope,
+    read_binary,
 )
 from ._errors import ConfigError, DecodeError
 from ._json import JSON_CONTENT_TYPE, JsonCodec, is_json_content_type, restore
@@ -143,7 +144,9 @@ class DataDecoder:
 class CloudEventsReader:
     """CloudEvents in binary mode (``ce_*`` headers) or structured mode (a JSON object)."""
 
-    __slots__ = ("_data", "_json", "_msgpack", "_names", "_schema")
+    __slots__ = ("_data", "_json", "_msgpack", "_names", "_schema", "read")
+
+    read: Callable[[Record], tuple[Envelope, dict[str, Any] | None]]
 
     def __init__(self, data: DataDecoder, json: JsonCodec, names: TypeNames, schema: SchemaOf):
         self._data = data
@@ -151,39 +154,45 @@ class CloudEventsReader:
         self._json = json
         self._names = names if names else None
         self._schema = schema
+        if self._names is None:
+            # read_binary itself, no wrapper: this runs per record.
+            self.read = functools.partial(read_binary, otherwise=self.not_binary)
+        else:
+            self.read = self._read_mapped
 
-    def read(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
-        try:
-            envelope = read_envelope(record)
-        except DecodeError:
-            content_type = record.header("content-type")
-            if content_type is None and not any(n.startswith("ce_") for n, _ in record.headers):
-                raise DecodeError(
-                    "not a CloudEvent: no ce_specversion header (binary mode) and no "
-                    f"content-type {STRUCTURED_CONTENT_TYPE} (structured mode); a topic of "
-                    'plain JSON objects needs format="json"'
-                ) from None
-            if content_type is None or record.header("ce_specversion") is not None:
-                raise
-            media = content_type.split(b";", 1)[0].strip().lower()
-            if media == STRUCTURED_CONTENT_TYPE.encode():
-                return self._structured(record)
-            if media == BATCH_CONTENT_TYPE.encode():
-                raise DecodeError(
-                    f"{BATCH_CONTENT_TYPE} (a batch of events in one record) is not "
-                    "supported; send one event per record"
-                ) from None
-            raise DecodeError(
-                "not a CloudEvent: no ce_specversion header (binary mode) and content-type "
-                f"{content_type[:60].decode(errors='replace')!r} is not "
-                f"{STRUCTURED_CONTENT_TYPE} (structured mode)"
-            ) from None
-        names = self._names
-        if names is not None:
-            name = names.name(envelope.type)
-            if name is not envelope.type:
-                envelope = envelope._replace(type=name)
+    def _read_mapped(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
+        envelope, payload = read_binary(record, self.not_binary)
+        if payload is not None:  # structured mode: mapped already
+            return envelope, payload
+        name = self._names.name(envelope.type)  # type: ignore[union-attr]
+        if name is not envelope.type:
+            envelope = envelope._replace(type=name)
         return envelope, None
+
+    def not_binary(self, record: Record, error: DecodeError) -> tuple[Envelope, dict[str, Any]]:
+        """A record that is not in binary mode: structured mode, or a dead letter."""
+        content_type = record.header("content-type")
+        if content_type is None and not any(n.startswith("ce_") for n, _ in record.headers):
+            raise DecodeError(
+                "not a CloudEvent: no ce_specversion header (binary mode) and no "
+                f"content-type {STRUCTURED_CONTENT_TYPE} (structured mode); a topic of "
+                'plain JSON objects needs format="json"'
+            )
+        if content_type is None or record.header("ce_specversion") is not None:
+            raise error
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media == STRUCTURED_CONTENT_TYPE.encode():
+            return self._structured(record)
+        if media == BATCH_CONTENT_TYPE.encode():
+            raise DecodeError(
+                f"{BATCH_CONTENT_TYPE} (a batch of events in one record) is not "
+                "supported; send one event per record"
+            )
+        raise DecodeError(
+            "not a CloudEvent: no ce_specversion header (binary mode) and content-type "
+            f"{content_type[:60].decode(errors='replace')!r} is not "
+            f"{STRUCTURED_CONTENT_TYPE} (structured mode)"
+        )
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         value = record.value
@@ -415,15 +424,22 @@ def _record_time(record: Record) -> str | None:
 class Readers:
     """The reader of each inbound topic, from the inbound routes; thread safe.
 
-    The inbound routes of one topic share a format (``cloudevents`` and
-    ``cloudevents-structured`` read the same); ConfigError if they do not.
+    ``read(record)`` returns the envelope (the type mapped to a signal name) and the
+    payload when reading needed decoding the value anyway, else None; then
+    ``decode(record, envelope)`` returns the payload (after routing). The inbound routes
+    of one topic share a format (``cloudevents`` and ``cloudevents-structured`` read the
+    same); ConfigError if they do not.
     """
 
-    __slots__ = ("_by_topic", "_decode", "_default", "_default_decode", "_default_read", "_read")
+    __slots__ = ("_by_topic", "_decode", "_default", "_read", "decode", "read")
+
+    read: Callable[[Record], tuple[Envelope, dict[str, Any] | None]]
+    decode: Callable[[Record, Envelope], dict[str, Any]]
 
     def __init__(self, routes: Sequence[Route], codec: MsgpackCodec, schema: SchemaOf) -> None:
         json = JsonCodec(max_size=codec.max_size, max_depth=codec.max_depth)
         data = DataDecoder(codec, json, schema)
+        self._default = CloudEventsReader(data, json, TypeNames(()), schema)
         topics: dict[str, list[Route]] = {}
         for route in routes:
             if route.is_inbound:
@@ -448,22 +464,27 @@ class Readers:
                 if len({r.signals for r in on_topic}) > 1:
                     raise ConfigError(f"go-micro routes on topic {topic!r}: one signal name")
                 self._by_topic[topic] = GoMicroReader(first, json, schema)
-            else:
+            elif names:
                 self._by_topic[topic] = CloudEventsReader(data, json, names, schema)
-        self._default = CloudEventsReader(data, json, TypeNames(()), schema)
-        # Bound methods by topic: the per-record cost is one dict lookup and one call.
-        self._read = {topic: reader.read for topic, reader in self._by_topic.items()}
-        self._decode = {topic: reader.decode for topic, reader in self._by_topic.items()}
-        self._default_read = self._default.read
-        self._default_decode = self._default.decode
+            else:
+                self._by_topic[topic] = self._default
+        readers = set(self._by_topic.values())
+        if len(readers) <= 1:
+            # One reader for every topic (the usual case): no lookup per record.
+            only = readers.pop() if readers else self._default
+            self.read = only.read
+            self.decode = only.decode
+        else:
+            self._read = {topic: reader.read for topic, reader in self._by_topic.items()}
+            self._decode = {topic: reader.decode for topic, reader in self._by_topic.items()}
+            self.read = self._read_by_topic
+            self.decode = self._decode_by_topic
 
-    def read(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
-        """See ``Reader.read``: the envelope, and the payload if it is decoded already."""
-        return self._read.get(record.topic, self._default_read)(record)
+    def _read_by_topic(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
+        return self._read.get(record.topic, self._default.read)(record)
 
-    def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
-        """The payload of a record whose ``read`` returned None for it."""
-        return self._decode.get(record.topic, self._default_decode)(record, envelope)
+    def _decode_by_topic(self, record: Record, envelope: Envelope) -> dict[str, Any]:
+        return self._decode.get(record.topic, self._default.decode)(record, envelope)
 
 
 def _family(fmt: str) -> str:
