@@ -8,6 +8,7 @@ wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 from ._bridge import Bridge
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
+from ._daemon import DaemonError, hosted
 from ._dedup import SqliteDedup
 from ._envelope import current_trace, trace_context
 from ._errors import (
@@ -35,6 +36,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Consumer",
+    "DaemonError",
     "DecodeError",
     "DeliveryError",
     "DeliveryFailureCallback",
@@ -54,6 +56,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "current_trace",
+    "hosted",
     "load_config",
     "trace_context",
 ]

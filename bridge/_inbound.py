@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -28,15 +29,24 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeAlias
 
-from eventbus import EventBus, HandlerFailure, InvalidNameError, PayloadError, check_name
+from eventbus import (
+    EventBus,
+    HandlerFailure,
+    InvalidNameError,
+    PayloadError,
+    check_name,
+    handler_name,
+)
 
 from ._codec import MsgpackCodec
-from ._dead_letters import DeadLetter, DeadLetters, where
+from ._dead_letters import DeadLetter, DeadLetters, bounded_traceback, where
 from ._dedup import DedupStore
 from ._envelope import Envelope, trace_context
 from ._errors import DecodeError
 from ._formats import Readers
 from ._remote import Remote
+from ._rerun import RERUN_ID, RerunError, read_rerun
+from ._retry_topics import Redo, RetryTopics
 from ._routes import Route
 from ._stats import Stats
 from ._transport import Consumer, Record
@@ -44,15 +54,26 @@ from ._transport import Consumer, Record
 log = logging.getLogger("bridge")
 
 # What happened to a record (an index into the counters), or the dead letter it became.
-HANDLED, ECHO, UNROUTED, DUPLICATE, DEAD_LETTERED, NOT_DONE = range(6)
-"""``NOT_DONE``: the bridge stopped before the record was done; it is redelivered."""
+HANDLED, ECHO, UNROUTED, DUPLICATE, DEAD_LETTERED, RETRY_SCHEDULED, NOT_DONE = range(7)
+"""``NOT_DONE``: the bridge stopped before the record was done; it is redelivered.
+``RETRY_SCHEDULED``: sent to a delayed retry topic (``_retry_topics``)."""
 Outcome: TypeAlias = int | DeadLetter
-_COUNTERS = ("handled", "echoes", "unrouted", "duplicates", "dead_lettered")
+_COUNTERS = (
+    "handled",
+    "echoes",
+    "unrouted",
+    "duplicates",
+    "dead_lettered",
+    "retries_scheduled",
+)
 
 Partition: TypeAlias = tuple[str, int]
 PAUSE_AFTER = 1.0
 """Seconds the handlers may keep the scheduler full before fetching is paused."""
-_Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote]
+_Key: TypeAlias = tuple[str, int, bytes | None]
+"""What a record waits behind: its topic, partition and Kafka key."""
+_Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote, Redo | None]
+"""``Redo``: a rerun or a delayed retry (some handlers only), else None."""
 _new_remote = tuple.__new__
 
 
@@ -85,6 +106,7 @@ class Inbound:
         drain_timeout: float,
         stopping: threading.Event,
         loop: asyncio.AbstractEventLoop | None = None,
+        retry_topics: RetryTopics | None = None,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -105,6 +127,7 @@ class Inbound:
         self.concurrency = concurrency
         self.drain_timeout = drain_timeout
         self.loop = loop
+        self.retries = retry_topics  # delayed retry topics (_retry_topics), if any route has them
         self._cache: dict[tuple[str, str], Route | None] = {}
         self._thread: threading.Thread | None = None
         self.stopping = stopping
@@ -154,6 +177,8 @@ class Inbound:
                     records = scheduler.fetch(consumer, self.batch_size)
                 if not self.ready.is_set() and consumer.is_ready():
                     self.ready.set()
+                if self.retries is not None:  # hold back retries not due; resume due ones
+                    records = self.retries.hold(consumer, records, self.service)
                 if records:
                     if scheduler is None:
                         self._handle_batch(records)
@@ -198,6 +223,7 @@ class Inbound:
         if letters:
             delivered, unconfirmed = self.dead_letters.confirm(letters)
             counts[DEAD_LETTERED] += delivered
+            counts[RETRY_SCHEDULED] += sum(not x.counted and x.wait(0) for x in letters)
         self.count(received, counts)
         store = self.consumer.store
         for partition, record in done.items():
@@ -217,7 +243,7 @@ class Inbound:
     def _unexpected(self, record: Record, exc: Exception) -> Outcome:
         log.exception("bridge %s: unexpected error on %s", self.service, where(record))
         reason = f"unexpected error: {exc!r}"
-        return self._dead_letter(record, None, reason, type(exc).__name__, None, 0)
+        return self._dead_letter(record, None, reason, type(exc).__name__, (), 0)
 
     def _prepare(self, record: Record) -> _Job | Outcome:
         """Decode and route one record: the job of running its handlers, or the outcome
@@ -228,22 +254,34 @@ class Inbound:
             if origin == self.bridge_id:
                 return ECHO
         except DecodeError as exc:
-            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", None, 0)
+            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", (), 0)
         topic = record.topic
         route = self._cache.get((topic, name))
         if route is None and (topic, name) not in self._cache:
             route = self._route_of(topic, name)
         if route is None:
+            retries = self.retries
+            if retries is not None and (retrying := retries.route_of(topic)) is not None:
+                if payload is None:
+                    try:
+                        payload = self.readers.decode(record, envelope)
+                    except DecodeError as exc:
+                        reason = f"undecodable record: {exc}"
+                        return self._dead_letter(record, retrying, reason, "decode", (), 0)
+                return retries.prepare(self, record, retrying, envelope, payload)
             if self.unrouted == "dlq":
                 reason = f"no inbound route for type {name!r} on this topic"
-                return self._dead_letter(record, None, reason, "unrouted", None, 0)
+                return self._dead_letter(record, None, reason, "unrouted", (), 0)
             return UNROUTED
         if payload is None:  # routed before decoded: unrouted records are never decoded
             try:
                 payload = self.readers.decode(record, envelope)
             except DecodeError as exc:
                 reason = f"undecodable record: {exc}"
-                return self._dead_letter(record, route, reason, "decode", None, 0)
+                return self._dead_letter(record, route, reason, "decode", (), 0)
+        headers = record.headers  # none at all in the json and go-micro formats
+        if headers and headers[-1][0] == RERUN_ID:  # a replay: some handlers only (_rerun)
+            return self._rerun(record, route, envelope, payload)
         if self.dedup.seen(event_id):
             return DUPLICATE
         sender = _new_remote(
@@ -259,56 +297,114 @@ class Inbound:
                 extensions,
             ),
         )
-        return (route, envelope, name, payload, sender)
+        return (route, envelope, name, payload, sender, None)
+
+    def _rerun(
+        self, record: Record, route: Route, envelope: Envelope, payload: Any
+    ) -> _Job | Outcome:
+        """A record sent again for this service's handlers that failed: the job of running
+        those only. Skipped by other services; deduplicated by its own id (``_rerun``)."""
+        try:
+            rerun = read_rerun(record.headers)
+        except RerunError as exc:
+            return self._dead_letter(record, route, f"bad rerun headers: {exc}", "rerun", (), 0)
+        if rerun.service != self.service:
+            return DUPLICATE  # another service's handlers failed, not ours
+        key = f"{envelope.id}#{rerun.id}"
+        if self.dedup.seen(key):
+            return DUPLICATE
+        handlers = self.subscribed(record, envelope.type, rerun.handlers)
+        if handlers is not None and not handlers:
+            names = ", ".join(sorted(rerun.handlers or ()))
+            reason = f"none of the handlers to rerun is subscribed: {names}"
+            return self._dead_letter(record, route, reason, "rerun", (), 0)
+        sender = _new_remote(
+            Remote,
+            (
+                envelope.source,
+                envelope.id,
+                envelope.time,
+                record.topic,
+                record.partition,
+                record.offset,
+                self.bridge_id,
+                envelope.extensions,
+            ),
+        )
+        return (route, envelope, envelope.type, payload, sender, Redo(key, handlers, None))
+
+    def subscribed(
+        self, record: Record, name: str, handlers: frozenset[str] | None
+    ) -> frozenset[str] | None:
+        """The ones of ``handlers`` still subscribed to ``name`` (None: all handlers)."""
+        if handlers is None:
+            return None
+        present = handlers.intersection(self.bus.handler_names(name))
+        if present and len(present) < len(handlers):
+            log.warning(
+                "bridge %s: %s: handler(s) to run again no longer subscribed: %s",
+                self.service,
+                where(record),
+                ", ".join(sorted(handlers - present)),
+            )
+        return frozenset(present)
 
     def _process(self, record: Record) -> Outcome:
         """Process one record to the end on this thread. Never raises for bad input."""
         job = self._prepare(record)
         if job.__class__ is not tuple:
             return job  # type: ignore[return-value]
-        route, envelope, name, payload, sender = job
+        route, envelope, name, payload, sender, redo = job
         traceparent = envelope.traceparent
         try:
-            if traceparent is None:
+            if redo is not None:
+                with _maybe_trace(envelope):
+                    failures = self.bus.dispatch(name, sender, payload, handlers=redo.handlers)
+            elif traceparent is None:
                 failures = self.bus.dispatch(name, sender, payload)
             else:
                 with trace_context(traceparent, envelope.tracestate):
                     failures = self.bus.dispatch(name, sender, payload)
         except PayloadError as exc:
             return self._dead_letter(
-                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+                record, route, f"invalid payload: {exc}", "PayloadError", (), 0
             )
-        if not failures:
+        if not failures and redo is None:
             self.dedup.add(envelope.id)
             return HANDLED
         attempts = 1
         delay = self.backoff
         while failures and attempts < self.max_attempts:
+            self._log_attempt(record, failures, attempts)
             if self.stopping.wait(delay):
                 return NOT_DONE
             delay = min(delay * 2, self.max_backoff)
             attempts += 1
             self._retried()
             failures = _retry(failures, envelope)
-        return self._finish(record, route, envelope, failures, attempts)
+        return self._finish(record, route, envelope, failures, attempts, redo)
 
     async def _process_async(self, record: Record, stopped: asyncio.Event) -> Outcome:
         """Process one record to the end on the event loop (``concurrency`` on a loop)."""
         job = self._prepare(record)
         if job.__class__ is not tuple:
             return job  # type: ignore[return-value]
-        route, envelope, name, payload, sender = job
+        route, envelope, name, payload, sender, redo = job
         executor = self._scheduler.pool if self._scheduler is not None else None
+        handlers = redo.handlers if redo is not None else None
         try:
             with _maybe_trace(envelope):
-                failures = await self.bus.dispatch_async(name, sender, payload, executor=executor)
+                failures = await self.bus.dispatch_async(
+                    name, sender, payload, executor=executor, handlers=handlers
+                )
         except PayloadError as exc:
             return self._dead_letter(
-                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+                record, route, f"invalid payload: {exc}", "PayloadError", (), 0
             )
         attempts = 1
         delay = self.backoff
         while failures and attempts < self.max_attempts:
+            self._log_attempt(record, failures, attempts)
             try:
                 await asyncio.wait_for(stopped.wait(), delay)
                 return NOT_DONE
@@ -318,7 +414,7 @@ class Inbound:
             attempts += 1
             self._retried()
             failures = await _retry_async(failures, envelope)
-        return self._finish(record, route, envelope, failures, attempts)
+        return self._finish(record, route, envelope, failures, attempts, redo)
 
     def _finish(
         self,
@@ -327,19 +423,45 @@ class Inbound:
         envelope: Envelope,
         failures: list[HandlerFailure],
         attempts: int,
+        redo: Redo | None = None,
     ) -> Outcome:
         if not failures:
-            self.dedup.add(envelope.id)
+            self.dedup.add(envelope.id if redo is None else redo.key)
+            if redo is not None and redo.retry is not None:
+                self.count_retry("retries_handled")
             return HANDLED
         first = failures[0]
         reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"
+        if route.retry_delays and self.retries is not None:  # later, on a retry topic
+            retry = redo.retry if redo is not None else None
+            return self.retries.schedule(self, record, route, failures, reason, retry)
         return self._dead_letter(
-            record, route, reason, type(first.exception).__name__, first, attempts
+            record, route, reason, type(first.exception).__name__, failures, attempts
         )
+
+    def _log_attempt(self, record: Record, failures: list[HandlerFailure], attempt: int) -> None:
+        """At DEBUG, each failure of an attempt that will be retried, with its traceback
+        (the last attempt's is logged with the dead letter)."""
+        if log.isEnabledFor(logging.DEBUG):
+            for failure in failures:
+                log.debug(
+                    "bridge %s: %s: attempt %d of %d failed in %s, retrying:\n%s",
+                    self.service,
+                    where(record),
+                    attempt,
+                    self.max_attempts,
+                    handler_name(failure.handler),
+                    bounded_traceback(failure.exception),
+                )
 
     def _retried(self) -> None:
         with self._stats_lock:
             self._stats.retried += 1
+
+    def count_retry(self, counter: str) -> None:
+        """Add one to a delayed-retry counter of ``Stats`` (any thread)."""
+        with self._stats_lock:
+            setattr(self._stats, counter, getattr(self._stats, counter) + 1)
 
     def _route_of(self, topic: str, name: str) -> Route | None:
         route = None
@@ -356,7 +478,7 @@ class Inbound:
         route: Route | None,
         reason: str,
         error: str,
-        failure: HandlerFailure | None,
+        failures: Sequence[HandlerFailure],
         attempts: int,
     ) -> DeadLetter:
         """Produce ``record`` with the reason to the dead-letter topic, without waiting.
@@ -366,8 +488,10 @@ class Inbound:
         """
         if route is None:
             route = next((r for r in self.routes if r.topic == record.topic), None)
+            if route is None and self.retries is not None:
+                route = self.retries.route_of(record.topic)
         topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
-        return self.dead_letters.letter(record, topic, reason, error, failure, attempts)
+        return self.dead_letters.letter(record, topic, reason, error, failures, attempts)
 
 
 def is_name(text: str) -> bool:
@@ -430,13 +554,25 @@ class KeyScheduler:
         self.inbound = inbound
         self.concurrency = concurrency
         self.loop = loop
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bridge-handler")
+        self._ready_keys: queue.SimpleQueue[_Key | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self.pool: ThreadPoolExecutor | None = None
+        if loop is None:
+            for n in range(concurrency):
+                thread = threading.Thread(
+                    target=self._work, name=f"bridge-handler-{n}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        else:  # sync handlers of records run on the loop go to this pool
+            self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bridge-handler")
         self.high = concurrency + inbound.batch_size
         self._lock = threading.Lock()
-        self._queues: dict[tuple[str, int, bytes | None], deque[tuple[Record, _Watermark]]] = {}
+        self._queues: dict[_Key, deque[tuple[Record, _Watermark]]] = {}
         self._running: dict[Partition, int] = {}  # records started, not done, per partition
         self._marks: dict[Partition, _Watermark] = {}  # consumer thread only
-        self._finished: deque[tuple[Record, Outcome, _Watermark]] = deque()
+        self._finished: deque[tuple[_Watermark, list[tuple[Record, Outcome]], int]] = deque()
+        self._unsettled = 0  # records finished since the last settle
         self._wake = threading.Event()  # ``_wake_at`` records finished and not settled
         self._wake_at = 1
         self._taken = 0  # records submitted and not settled (consumer thread only)
@@ -493,21 +629,21 @@ class KeyScheduler:
     def _wait_finished(self, count: int, timeout: float) -> None:
         """Wait until ``count`` records finished since the last settle, or ``timeout``."""
         self._wake_at = count
-        if len(self._finished) < count:
+        if self._unsettled < count:
             self._wake.wait(timeout)
         self._wake.clear()
 
     def submit(self, records: list[Record]) -> None:
         """Queue records behind their keys; start a worker for each key that was idle."""
         marks = self._marks
-        start: list[tuple[str, int, bytes | None]] = []
+        start: list[_Key] = []
         with self._lock:
             queues = self._queues
             for record in records:
                 tp = (record.topic, record.partition)
                 mark = marks.get(tp)
                 if mark is None:
-                    mark = marks[tp] = _Watermark()
+                    mark = marks[tp] = _Watermark(tp)
                 mark.track(record)
                 key = (record.topic, record.partition, record.key)
                 queue = queues.get(key)
@@ -526,23 +662,27 @@ class KeyScheduler:
         finished = self._finished
         if not finished:
             return
+        with self._lock:
+            self._unsettled = 0
         marks = self._marks
-        moved: dict[Partition, _Watermark] = {}
+        moved: list[_Watermark] = []
         counts = [0] * len(_COUNTERS)
         while finished:
-            record, outcome, mark = finished.popleft()
-            self._taken -= 1
-            if outcome.__class__ is int:
-                if outcome == NOT_DONE:
-                    continue  # stays below the watermark: redelivered
-                counts[outcome] += 1
-            tp = (record.topic, record.partition)
-            if marks.get(tp) is mark:  # not a record of a partition revoked meanwhile
-                mark.done(record)
-                moved[tp] = mark
+            mark, results, abandoned = finished.popleft()
+            self._taken -= len(results) + abandoned
+            live = marks.get(mark.partition) is mark  # not revoked meanwhile
+            for record, outcome in results:
+                if outcome.__class__ is int:
+                    if outcome == NOT_DONE:
+                        continue  # stays below the watermark: redelivered
+                    counts[outcome] += 1
+                if live:
+                    mark.done(record)
+            if live:
+                moved.append(mark)
         self.inbound.count(0, counts)
         store = self.inbound.consumer.store
-        for mark in moved.values():
+        for mark in moved:
             last = mark.take_stored()
             if last is not None:
                 store(last)
@@ -553,6 +693,8 @@ class KeyScheduler:
         gone = {tp for tp in partitions if tp in self._marks}
         if not gone:
             return
+        for tp in gone:
+            self._marks[tp].gone = True  # workers start no more records of these
         dropped = 0
         with self._lock:
             for key, queue in self._queues.items():
@@ -575,7 +717,7 @@ class KeyScheduler:
                 timeout,
             )
         for tp in gone:
-            self._marks.pop(tp, None)
+            self._marks.pop(tp).gone = True
             self._paused.discard(tp)
 
     def drain(self, timeout: float) -> None:
@@ -585,99 +727,139 @@ class KeyScheduler:
         self.revoke(list(self._marks), timeout)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Let the worker threads end (a handler still running past the drain finishes
+        on its own, its record uncommitted)."""
+        for _ in self._threads:
+            self._ready_keys.put(None)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the workers' side ------------------------------------------------------------
 
-    def _start(self, key: tuple[str, int, bytes | None]) -> None:
+    def _start(self, key: _Key) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._spawn_task, key)
             return
         with self._lock:
             self._waiting += 1
-        with contextlib.suppress(RuntimeError):  # a pool shut down: the bridge stopped
-            self.pool.submit(self._run_next, key)
+        self._ready_keys.put(key)
 
-    def _take(self, key: tuple[str, int, bytes | None]) -> tuple[Record, _Watermark] | None:
-        """The next record of ``key``, or None (and the key is idle) when there is none
-        or the bridge is stopping (what has not started is left for redelivery)."""
+    def _work(self) -> None:
+        """A worker thread: runs the keys put in ``_ready_keys`` until it gets None."""
+        ready = self._ready_keys
+        while (key := ready.get()) is not None:
+            try:
+                self._run_next(key)
+            except BaseException:  # a bug here must not end the thread silently
+                log.exception("bridge %s: handler worker failed", self.inbound.service)
+
+    def _take(self, key: _Key, most: int) -> list[tuple[Record, _Watermark]]:
+        """Up to ``most`` next records of ``key``; none (and the key is idle) when there
+        are none or the bridge is stopping (what has not started is redelivered)."""
         with self._lock:
             queue = self._queues[key]
             if not queue or self.inbound.stopping.is_set():
                 del self._queues[key]
-                return None
-            item = queue.popleft()
+                return []
+            if most >= len(queue):
+                items = list(queue)
+                queue.clear()
+            else:
+                items = [queue.popleft() for _ in range(most)]
             tp = key[:2]
-            self._running[tp] = self._running.get(tp, 0) + 1
-            return item
+            self._running[tp] = self._running.get(tp, 0) + len(items)
+            return items
 
-    def _done(self, record: Record, outcome: Outcome, mark: _Watermark) -> None:
-        tp = (record.topic, record.partition)
+    def _done(
+        self, mark: _Watermark, results: list[tuple[Record, Outcome]], abandoned: int
+    ) -> None:
+        """Hand finished records (and the number of taken ones not started) back."""
         with self._lock:
-            self._running[tp] -= 1
-        finished = self._finished
-        finished.append((record, outcome, mark))
-        if len(finished) >= self._wake_at:
+            self._running[mark.partition] -= len(results) + abandoned
+            self._unsettled += len(results)
+            wake = self._unsettled >= self._wake_at
+        self._finished.append((mark, results, abandoned))
+        if wake:
             self._wake.set()
 
-    def _run_next(self, key: tuple[str, int, bytes | None]) -> None:
-        """The records of ``key`` on a pool thread, one at a time. While other keys wait
-        for a thread, the key goes to the back of the pool's queue after each record;
-        while none do, this thread goes on with it (no hand-over per record)."""
+    def _run_next(self, key: _Key) -> None:
+        """The records of ``key`` on a worker thread, in order: all that are queued, taken
+        at once (at most ``concurrency + batch_size``: the bound of the queue). Then, while
+        other keys wait for a thread, the key goes to the back of the line."""
         with self._lock:
             self._waiting -= 1
         inbound = self.inbound
+        stopping = inbound.stopping
+        process = inbound._process
         while True:
-            item = self._take(key)
-            if item is None:
+            items = self._take(key, inbound.batch_size)
+            if not items:
                 return
-            record, mark = item
-            try:
-                outcome = inbound._process(record)
-            except Exception as exc:
-                outcome = inbound._unexpected(record, exc)
-            self._done(record, self._confirmed(outcome), mark)
+            mark = items[0][1]
+            results: list[tuple[Record, Outcome]] = []
+            for record, _ in items:
+                if stopping.is_set() or mark.gone:
+                    break  # the rest is redelivered (or read by the partition's new owner)
+                try:
+                    outcome = process(record)
+                except Exception as exc:
+                    outcome = inbound._unexpected(record, exc)
+                if outcome.__class__ is not int:
+                    outcome = self._confirmed(outcome)
+                results.append((record, outcome))
+            self._done(mark, results, len(items) - len(results))
             if self._waiting:
                 self._start(key)
                 return
 
     def _confirmed(self, outcome: Outcome) -> Outcome:
+        """Wait for a dead letter's (or a retry record's) delivery: DEAD_LETTERED or
+        RETRY_SCHEDULED, or NOT_DONE when the bridge stops first."""
         if outcome.__class__ is int:
             return outcome
-        delivered, unconfirmed = self.inbound.dead_letters.confirm([outcome])  # type: ignore[list-item]
-        return NOT_DONE if unconfirmed or not delivered else DEAD_LETTERED
+        letter: DeadLetter = outcome  # type: ignore[assignment]
+        delivered, unconfirmed = self.inbound.dead_letters.confirm([letter])
+        if unconfirmed or (letter.counted and not delivered):
+            return NOT_DONE
+        return DEAD_LETTERED if letter.counted else RETRY_SCHEDULED
 
-    def _spawn_task(self, key: tuple[str, int, bytes | None]) -> None:
+    def _spawn_task(self, key: _Key) -> None:
         assert self.loop is not None
         self.loop.create_task(self._run_key(key))
 
-    async def _run_key(self, key: tuple[str, int, bytes | None]) -> None:
+    async def _run_key(self, key: _Key) -> None:
         """The records of ``key``, one at a time, as a task on the event loop."""
         slots, stopped = self._slots, self._stopped
         assert slots is not None and stopped is not None
         inbound = self.inbound
         while True:
             async with slots:
-                item = self._take(key)
-                if item is None:
+                items = self._take(key, 1)
+                if not items:
                     return
-                record, mark = item
+                [(record, mark)] = items
+                if mark.gone:
+                    self._done(mark, [], 1)
+                    continue
                 try:
                     outcome = await inbound._process_async(record, stopped)
                 except Exception as exc:
                     outcome = inbound._unexpected(record, exc)
                 if outcome.__class__ is not int:
                     outcome = await asyncio.to_thread(self._confirmed, outcome)
-            self._done(record, outcome, mark)
+            self._done(mark, [(record, outcome)], 0)
 
 
 class _Watermark:
     """The records of one partition taken and not yet settled, in offset order; the
-    last record below which every one is done is the offset to store."""
+    last record below which every one is done is the offset to store. ``gone``: the
+    partition was revoked (or the bridge stopped): start none of its records."""
 
-    __slots__ = ("_done", "_last", "_pending")
+    __slots__ = ("_done", "_last", "_pending", "gone", "partition")
 
-    def __init__(self) -> None:
+    def __init__(self, partition: Partition) -> None:
+        self.partition = partition
+        self.gone = False
         self._pending: deque[Record] = deque()
         self._done: set[int] = set()
         self._last: Record | None = None
@@ -687,6 +869,9 @@ class _Watermark:
 
     def done(self, record: Record) -> None:
         pending, done = self._pending, self._done
+        if not done and pending and pending[0].offset == record.offset:
+            self._last = pending.popleft()  # in order: the common case
+            return
         done.add(record.offset)
         while pending and pending[0].offset in done:
             last = pending.popleft()

@@ -8,8 +8,10 @@ runs one suite against both): ``KafkaTransport`` (confluent-kafka) and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple, Self
+
+from ._errors import TransportError
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -48,7 +50,14 @@ PartitionsCallback = Callable[[list[tuple[str, int]]], None]
 
 
 class Producer(ABC):
-    """Writes records. All methods are thread safe."""
+    """Writes records. All methods are thread safe. ``with producer:`` closes it at the
+    end (flushing first)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def produce(
@@ -95,7 +104,14 @@ class Consumer(ABC):
     only once stored (at-least-once): ``store(record)`` marks a record processed, and
     stored offsets are committed periodically, on ``commit()``, on revocation and on
     ``close()``. After a restart the group resumes after the last committed record.
+    ``with consumer:`` closes it at the end.
     """
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def poll(self, timeout: float) -> Record | None:
@@ -156,12 +172,31 @@ class Consumer(ABC):
         """The ``(topic, partition)`` pairs assigned to this member now."""
 
     @abstractmethod
+    def position(self, topic: str, partition: int) -> int | None:
+        """The offset of the next record this member returns from an assigned partition
+        (after the last one returned, else its start); None when it is not assigned."""
+
+    @abstractmethod
+    def seek(self, record: Record) -> None:
+        """Rewind ``record``'s (assigned) partition to ``record``: it is the next record
+        returned from that partition, then the ones after it (also those already returned
+        after it). Paused or not, the partition stays so. ``TransportError`` if it fails
+        (a partition revoked meanwhile: its new owner reads from the committed offset)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Commit stored offsets, leave the group, release the consumer. Idempotent."""
 
 
 class Transport(ABC):
-    """Makes producers and consumers for one broker (or one in-process broker)."""
+    """Makes producers and consumers for one broker (or one in-process broker).
+    ``with transport:`` closes it at the end."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def producer(self, *, on_failure: FailureCallback | None = None) -> Producer:
@@ -207,6 +242,27 @@ class Transport(ABC):
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
         """Return ``{topic: partition count}`` for every topic; ``TransportError`` if the
         broker cannot be reached within ``timeout`` seconds."""
+
+    def validate(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Check the client settings without contacting a broker: ``ConfigError`` naming
+        what the client library refuses. Optional: the default accepts everything."""
+
+    def describe_group(self, group: str, timeout: float = 5.0) -> str | None:
+        """One line on the state of consumer group ``group`` and its members, for logs
+        of a member that waits for its assignment; None when unknown. Optional."""
+        return None
+
+    @abstractmethod
+    def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """Per partition of ``topic``: its first offset and the offset its next record will
+        get, from the broker. ``TransportError`` for a missing topic or after ``timeout``."""
+
+    def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
+        """Delete the records of ``topic`` before offset ``before[partition]`` of each
+        partition (Kafka's DeleteRecords: a log is cut from its start only; its first
+        offset moves up). ``TransportError`` if the broker refuses or does not answer in
+        ``timeout`` seconds; the default refuses (an optional operation)."""
+        raise TransportError(f"{type(self).__name__} cannot delete records")
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release shared resources (admin clients). Idempotent."""
