@@ -11,7 +11,9 @@ with alternating rounds (higher is better). Targets: produce >= 0.8; consume >= 
 hand-written loop that reads the CloudEvents headers and calls the handler found by
 ``ce_type`` (the unpack-only loop's ratio is printed for reference), and
 ``concurrency=16`` >= 0.8 of ``concurrency=1`` with a trivial handler; latency p99 < 20 ms;
-memory flat.
+memory flat. produce and consume also run the same events with JSON data
+(``content_type="application/json"``) and print ``json_ratio`` and ``json_to_msgpack``
+(reported, no target: JSON is expected to be slower).
 """
 
 from __future__ import annotations
@@ -105,14 +107,15 @@ def _raw_headers(source: bytes, origin: bytes) -> list[tuple[str, bytes]]:
     ]
 
 
-def bridge_produce(n: int, topic: str, **options: Any) -> float:
+def bridge_produce(n: int, topic: str, content_type: str | None = None, **options: Any) -> float:
+    """emit -> delivered through a bridge; ``content_type="application/json"``: JSON data."""
     bus = EventBus()
     transport = KafkaTransport({"bootstrap.servers": bootstrap()})
     bridge = Bridge(
         bus,
         transport=transport,
         service="bench",
-        routes=[Route.outbound("user.*", topic=topic, key="user_id")],
+        routes=[Route.outbound("user.*", topic=topic, key="user_id", content_type=content_type)],
         **options,
     )
     with bridge:
@@ -133,13 +136,15 @@ def bench_produce(n: int, rounds: int) -> dict[str, Any]:
     topic = topic_name("produce")
     KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([topic], 1)
     raw_produce(min(n, 5000), topic)  # warm up the broker and the connection
-    raws, ours, ceilings = [], [], []
+    raws, ours, ceilings, as_json = [], [], [], []
     for _ in range(rounds):
         raws.append(raw_produce(n, topic))
         ours.append(bridge_produce(n, topic))
         ceilings.append(raw_produce(n, topic, prebuilt=True))
+        as_json.append(bridge_produce(n, topic, content_type="application/json"))
     raw, bridge = statistics.median(raws), statistics.median(ours)
     ceiling = statistics.median(ceilings)
+    bridge_json = statistics.median(as_json)
     return {
         "bench": "produce",
         "events": n,
@@ -149,19 +154,23 @@ def bench_produce(n: int, rounds: int) -> dict[str, Any]:
         "target": 0.8,
         "prebuilt_eps": ceiling,
         "ratio_to_prebuilt": bridge / ceiling,
+        "bridge_json_eps": bridge_json,
+        "json_ratio": bridge_json / raw,
+        "json_to_msgpack": bridge_json / bridge,
     }
 
 
 # -- consume -------------------------------------------------------------------------
 
 
-def fill(topic: str, n: int) -> None:
+def fill(topic: str, n: int, content_type: str | None = None) -> None:
     bus = EventBus()
+    route = Route.outbound("user.*", topic=topic, key="user_id", content_type=content_type)
     with Bridge(
         bus,
         transport=KafkaTransport({"bootstrap.servers": bootstrap()}),
         service="filler",
-        routes=[Route.outbound("user.*", topic=topic, key="user_id")],
+        routes=[route],
     ) as bridge:
         for i in range(n):
             bus.emit("user.registered", **{**PAYLOAD, "n": i})
@@ -243,8 +252,13 @@ def bench_consume(n: int, rounds: int) -> dict[str, Any]:
     topic = topic_name("consume")
     KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([topic], 1)
     fill(topic, n)
+    json_topic = topic_name("consume-json")
+    KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([json_topic], 1)
+    fill(json_topic, n, content_type="application/json")
     raws, ours, concurrent, dispatching, header_reading = [], [], [], [], []
+    as_json = []
     for _ in range(rounds):
+        as_json.append(bridge_consume(n, json_topic))
         raws.append(raw_consume(n, topic))
         ours.append(bridge_consume(n, topic))
         concurrent.append(bridge_consume(n, topic, concurrency=16))
@@ -254,6 +268,7 @@ def bench_consume(n: int, rounds: int) -> dict[str, Any]:
     bridge_16 = statistics.median(concurrent)
     raw_dispatch = statistics.median(dispatching)
     raw_headers = statistics.median(header_reading)
+    bridge_json = statistics.median(as_json)
     return {
         "bench": "consume",
         "events": n,
@@ -267,6 +282,9 @@ def bench_consume(n: int, rounds: int) -> dict[str, Any]:
         "ratio_to_unpack_only": bridge / raw,
         "raw_headers_eps": raw_headers,
         "headers_ceiling": raw_headers / raw,
+        "bridge_json_eps": bridge_json,
+        "json_ratio": bridge_json / raw_dispatch,
+        "json_to_msgpack": bridge_json / bridge,
     }
 
 

@@ -21,6 +21,7 @@ from ._codec import MsgpackCodec
 from ._dead_letters import DeadLetters
 from ._dedup import DedupStore, MemoryDedup
 from ._errors import ConfigError, NotReadyError, TransportError
+from ._formats import Readers
 from ._inbound import Inbound
 from ._outbound import DeliveryFailureCallback, Outbound
 from ._retry_topics import RetryTopics
@@ -152,6 +153,7 @@ class Bridge:
                 raise ConfigError(f"outbox must be a file path or an Outbox, not {outbox!r}")
         self._in_routes = tuple(r for r in self.routes if r.is_inbound)
         self._tracing = tracing_for(tracer_provider, bridge_id=self.id, group=self.group)
+        Readers(self._in_routes, self.codec, bus.schema)  # bad format mixes fail here, not at start
         self._outbound = Outbound(
             bus,
             transport=transport,

@@ -222,6 +222,11 @@ ROUTE_KEYS = (
     "retry_delays",
     "retry_topic",
     "require_handlers",
+    "format",
+    "content_type",
+    "types",
+    "type_field",
+    "id_field",
 )
 SECTIONS = ("bridge", "kafka", "route")
 
@@ -361,6 +366,9 @@ def describe_route(route: Route) -> str:
     text = f"route {route.direction:<4} {', '.join(route.signals)} {arrow} {route.topic}"
     if route.key:
         text += f" (key {route.key})"
+    if route.format != "cloudevents" or route.content_type:
+        text += f" (format {route.format}"
+        text += f", {route.content_type})" if route.content_type else ")"
     if route.is_inbound:
         text += f" (dead letters to {route.dead_letter_topic})"
     if route.retry_topics:
@@ -588,7 +596,17 @@ def _route(number: int, data: Any, source: str) -> Route:
         raise ConfigError(
             f"{where}: signals expects a string or a list of strings, got {_type_name(signals)}"
         )
-    for key in ("topic", "direction", "key", "dlq", "retry_topic"):
+    for key in (
+        "topic",
+        "direction",
+        "key",
+        "dlq",
+        "retry_topic",
+        "format",
+        "content_type",
+        "type_field",
+        "id_field",
+    ):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(
                 f"{where}: {key} expects a string, got {_type_name(data[key])} ({data[key]!r})"
@@ -609,6 +627,13 @@ def _route(number: int, data: Any, source: str) -> Route:
     except ValueError as exc:
         raise ConfigError(f"{where}: retry_delays: {exc}") from None
     extra = {"retry_topic": data["retry_topic"]} if "retry_topic" in data else {}
+    types = data.get("types")
+    if types is not None and not (
+        isinstance(types, dict) and all(isinstance(v, str) for v in types.values())
+    ):
+        raise ConfigError(
+            f"{where}: types expects a table of foreign type = signal name, got {_type_name(types)}"
+        )
     try:
         return Route(
             (signals,) if isinstance(signals, str) else tuple(signals),
@@ -618,6 +643,11 @@ def _route(number: int, data: Any, source: str) -> Route:
             dlq=data.get("dlq"),
             retry_delays=seconds,
             **extra,
+            format=data.get("format", "cloudevents"),
+            content_type=data.get("content_type"),
+            types=types,
+            type_field=data.get("type_field"),
+            id_field=data.get("id_field"),
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None

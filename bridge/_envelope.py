@@ -1,7 +1,9 @@
-"""The record envelope: CloudEvents Kafka binding headers around a msgpack value.
+"""The record envelope: CloudEvents Kafka binding headers (binary mode) around the data.
 
-See docs/wire-format.md. Building headers is on the emit hot path, so the constant
-parts are encoded once per bridge and the timestamp prefix once per second.
+The bridge writes msgpack data; it reads msgpack or JSON data (``content`` says which,
+or that the record had no content-type). See docs/wire-format.md. Building headers is on
+the emit hot path, so the constant parts are encoded once per bridge and the timestamp
+prefix once per second.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import NamedTuple
-
-from eventbus import InvalidNameError, check_name
+from types import MappingProxyType
+from typing import Any, NamedTuple, NoReturn
 
 from ._errors import DecodeError
+from ._json import is_json_content_type
 from ._transport import Record
 
 SPECVERSION = b"1.0"
@@ -23,7 +25,15 @@ CONTENT_TYPE = "application/vnd.msgpack"
 ACCEPTED_CONTENT_TYPES = frozenset(
     {b"application/vnd.msgpack", b"application/msgpack", b"application/x-msgpack"}
 )
+JSON_CONTENT_TYPES = frozenset(
+    {b"application/json", b"text/json", b"application/json; charset=utf-8"}
+)
 ORIGIN = "eventbus-origin"
+
+# What the data of a binary-mode record is, by its content-type header.
+MSGPACK = "msgpack"
+JSON = "json"
+UNKNOWN = ""  # no content-type: the reader looks at the value
 DLQ_PREFIX = "eventbus-dlq-"
 
 _trace: ContextVar[tuple[bytes, bytes | None] | None] = ContextVar("eventbus_trace", default=None)
@@ -93,10 +103,11 @@ _LAYOUT = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "conten
 class HeaderBuilder:
     """Builds the headers of outbound records for one bridge."""
 
-    __slots__ = ("_clock", "_origin", "_source", "_templates")
+    __slots__ = ("_clock", "_content_type", "_origin", "_source", "_templates")
 
-    def __init__(self, service: str, origin: str) -> None:
+    def __init__(self, service: str, origin: str, content_type: str = CONTENT_TYPE) -> None:
         self._clock = Clock()
+        self._content_type = content_type.encode()
         self._source = service.encode()
         self._origin = origin.encode()
         self._templates: dict[str, list[tuple[str, bytes]]] = {}
@@ -123,14 +134,19 @@ class HeaderBuilder:
             self._source,
             name.encode(),
             b"",
-            CONTENT_TYPE.encode(),
+            self._content_type,
             self._origin,
         )
         return list(zip(_LAYOUT, values, strict=True))
 
 
 class Envelope(NamedTuple):
-    """The CloudEvents attributes of an inbound record."""
+    """The CloudEvents attributes of an inbound record.
+
+    ``type`` is the ``ce_type`` as written (a format maps it to a signal name);
+    ``content`` is ``MSGPACK``, ``JSON`` or ``UNKNOWN`` (no content-type);
+    ``extensions`` holds the other ``ce_*`` attributes (``subject``, ``partitionkey``...).
+    """
 
     id: str
     source: str
@@ -139,23 +155,41 @@ class Envelope(NamedTuple):
     origin: str | None
     traceparent: bytes | None
     tracestate: bytes | None
+    content: str
+    extensions: Mapping[str, str] | None
 
 
-# Header values seen before, decoded and checked: a topic carries few distinct types and
-# sources, so the inbound hot path mostly skips UTF-8 decoding and name validation.
-_checked_types: dict[bytes, str] = {}
+_Read = tuple[Envelope, "dict[str, Any] | None"]
+
+# Header values seen before, decoded: a topic carries few distinct types and sources, so
+# the inbound hot path mostly skips UTF-8 decoding.
+_types: dict[bytes, str] = {}
 _decoded: dict[bytes, str] = {}
 _CACHE_LIMIT = 10_000
 
 
 # The records of one producer differ only in ce_id and ce_time (positions 1 and 4 of
 # _LAYOUT), so the other five (name, value) pairs are checked once and then found here:
-# (source, type, origin).
-_layouts: dict[tuple[tuple[str, bytes], ...], tuple[str, str, str | None]] = {}
+# (source, type, origin, content).
+_layouts: dict[tuple[tuple[str, bytes], ...], tuple[str, str, str | None, str]] = {}
 
 
 def read_envelope(record: Record) -> Envelope:
     """Read and check the CloudEvents headers of a record; DecodeError if they are wrong."""
+    return read_binary(record, _refuse)[0]
+
+
+def _refuse(record: Record, error: DecodeError) -> NoReturn:
+    raise error
+
+
+def read_binary(record: Record, otherwise: Callable[[Record, DecodeError], _Read]) -> _Read:
+    """``(envelope, None)`` for a record in CloudEvents binary mode; for any other record,
+    what ``otherwise(record, error)`` returns (or raises).
+
+    The pair is what a format's reader returns (bridge._formats: the payload, None here,
+    is decoded after routing); one function, not a wrapper, because it runs per record.
+    """
     headers = record.headers
     if len(headers) == 7:
         try:
@@ -177,20 +211,41 @@ def read_envelope(record: Record) -> Envelope:
                 except UnicodeDecodeError:
                     pass
                 else:
-                    source, ce_type, origin = known
+                    source, ce_type, origin, content = known
                     at = raw_time.decode(errors="replace")
-                    return _new_envelope(Envelope, (ce_id, source, ce_type, at, origin, None, None))
-    envelope = envelope_of(dict(headers))  # the last value of a repeated header wins
+                    envelope = _new_envelope(
+                        Envelope, (ce_id, source, ce_type, at, origin, None, None, content, None)
+                    )
+                    return envelope, None
+    try:
+        envelope = envelope_of(dict(headers))  # the last value of a repeated header wins
+    except DecodeError as exc:
+        return otherwise(record, exc)
     if len(headers) == 7 and tuple(name for name, _ in headers) == _LAYOUT:
         if len(_layouts) >= _CACHE_LIMIT:  # producers come and go (each has an origin)
             _layouts.clear()
         static = (headers[0], headers[2], headers[3], headers[5], headers[6])
-        _layouts[static] = (envelope.source, envelope.type, envelope.origin)
-    return envelope
+        _layouts[static] = (envelope.source, envelope.type, envelope.origin, envelope.content)
+    return envelope, None
 
 
-_USUAL_CONTENT_TYPES = ACCEPTED_CONTENT_TYPES | {None}
 _new_envelope = tuple.__new__
+
+# Headers with a meaning of their own: every other ce_* header is an extension.
+_KNOWN = frozenset(
+    {
+        "ce_specversion",
+        "ce_id",
+        "ce_source",
+        "ce_type",
+        "ce_time",
+        "content-type",
+        ORIGIN,
+        "traceparent",
+        "tracestate",
+    }
+)
+_CORE = frozenset({"specversion", "id", "source", "type", "time"})
 
 
 def envelope_of(found: dict[str, bytes]) -> Envelope:
@@ -198,27 +253,39 @@ def envelope_of(found: dict[str, bytes]) -> Envelope:
     get = found.get
     raw_id, raw_type, raw_source = get("ce_id"), get("ce_type"), get("ce_source")
     # The inbound hot path: well-formed headers of a type and a source seen before.
-    ce_type = _checked_types.get(raw_type) if type(raw_type) is bytes else None
+    ce_type = _types.get(raw_type) if type(raw_type) is bytes else None
     ce_source = _decoded.get(raw_source) if type(raw_source) is bytes else None
     ce_id = None
+    content_type = get("content-type")
     if (
         ce_type is not None
         and ce_source is not None
         and type(raw_id) is bytes
         and raw_id
         and get("ce_specversion") == SPECVERSION
-        and get("content-type") in _USUAL_CONTENT_TYPES
+        and content_type in ACCEPTED_CONTENT_TYPES
     ):
         # Not contextlib.suppress: that costs an object and two calls per record.
         try:  # noqa: SIM105
             ce_id = raw_id.decode()
         except UnicodeDecodeError:
             pass  # _check below says what is wrong
+        content = MSGPACK
     if ce_id is None:
         ce_id, ce_type, ce_source = _check(found)
+        content = _content(content_type)
     raw = get(ORIGIN)
     origin = (_decoded.get(raw) or _origin(raw)) if type(raw) is bytes else None
     raw = get("ce_time")
+    traceparent = get("traceparent")
+    tracestate = get("tracestate")
+    extensions = None
+    if not _KNOWN.issuperset(found):
+        extensions = _extensions(found)
+        if traceparent is None and "traceparent" in extensions:
+            # The CloudEvents distributed-tracing extension, when the W3C header is absent.
+            traceparent = found["ce_traceparent"]
+            tracestate = get("ce_tracestate")
     return _new_envelope(
         Envelope,
         (
@@ -227,10 +294,35 @@ def envelope_of(found: dict[str, bytes]) -> Envelope:
             ce_type,
             raw.decode(errors="replace") if type(raw) is bytes else None,
             origin,
-            get("traceparent"),
-            get("tracestate"),
+            traceparent,
+            tracestate,
+            content,
+            extensions,
         ),
     )
+
+
+def _content(content_type: bytes | None) -> str:
+    if content_type is None:
+        return UNKNOWN
+    if content_type in ACCEPTED_CONTENT_TYPES:
+        return MSGPACK
+    if content_type in JSON_CONTENT_TYPES or is_json_content_type(
+        content_type.decode(errors="replace")
+    ):
+        return JSON
+    raise DecodeError(f"content-type {_show(content_type)} is neither msgpack nor JSON")
+
+
+def _extensions(found: dict[str, bytes]) -> Mapping[str, str]:
+    """The ``ce_*`` attributes beyond the core ones, as text (at most 64), read-only."""
+    extensions: dict[str, str] = {}
+    for name, value in found.items():
+        if name.startswith("ce_") and name[3:] not in _CORE and type(value) is bytes:
+            extensions[name[3:]] = value[:4096].decode(errors="replace")
+            if len(extensions) >= 64:
+                break
+    return MappingProxyType(extensions)
 
 
 def _check(found: dict[str, bytes]) -> tuple[str, str, str]:
@@ -238,13 +330,13 @@ def _check(found: dict[str, bytes]) -> tuple[str, str, str]:
     get = found.get
     if get("ce_specversion") != SPECVERSION:
         raise DecodeError(f"ce_specversion is {_show(get('ce_specversion'))}, expected '1.0'")
-    content_type = get("content-type")
-    if content_type is not None and content_type not in ACCEPTED_CONTENT_TYPES:
-        raise DecodeError(f"content-type {_show(content_type)} is not msgpack")
+    _content(get("content-type"))
     raw = get("ce_type")
-    ce_type = _checked_types.get(raw) if type(raw) is bytes else None
+    ce_type = _types.get(raw) if type(raw) is bytes else None
     if ce_type is None:
-        ce_type = _check_type(raw)
+        ce_type = _text(found, "ce_type")
+        if len(_types) < _CACHE_LIMIT:
+            _types[found["ce_type"]] = ce_type
     ce_id = _text(found, "ce_id")
     raw = get("ce_source")
     ce_source = _decoded.get(raw) if type(raw) is bytes else None
@@ -263,17 +355,6 @@ def _text(found: dict[str, bytes], attr: str) -> str:
         return raw.decode()
     except UnicodeDecodeError:
         raise DecodeError(f"header {attr} is not UTF-8") from None
-
-
-def _check_type(raw: bytes | None) -> str:
-    ce_type = _text({"ce_type": raw} if raw is not None else {}, "ce_type")
-    try:
-        check_name(ce_type)
-    except InvalidNameError as exc:
-        raise DecodeError(f"ce_type: {exc}") from None
-    if raw is not None and len(_checked_types) < _CACHE_LIMIT:
-        _checked_types[raw] = ce_type
-    return ce_type
 
 
 def _origin(raw: bytes) -> str:

@@ -29,13 +29,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from eventbus import EventBus, HandlerFailure, PayloadError, handler_name
+from eventbus import (
+    EventBus,
+    HandlerFailure,
+    InvalidNameError,
+    PayloadError,
+    check_name,
+    handler_name,
+)
 
 from ._codec import MsgpackCodec
 from ._dead_letters import DeadLetter, DeadLetters, bounded_traceback, where
 from ._dedup import DedupStore
-from ._envelope import Envelope, read_envelope, trace_context
+from ._envelope import Envelope, trace_context
 from ._errors import DecodeError
+from ._formats import Readers
 from ._remote import Remote
 from ._rerun import RERUN_ID, RerunError, read_rerun
 from ._retry_topics import Redo, RetryTopics
@@ -110,6 +118,7 @@ class Inbound:
         self.bridge_id = bridge_id
         self.routes = tuple(r for r in routes if r.is_inbound)
         self.codec = codec
+        self.readers = Readers(self.routes, codec, bus.schema)
         self.dedup = dedup
         self.dead_letters = dead_letters
         self._stats = stats
@@ -248,12 +257,10 @@ class Inbound:
         """Decode and route one record: the job of running its handlers, or the outcome
         when there is none to run (an echo, unrouted, a duplicate, a dead letter)."""
         try:
-            envelope = read_envelope(record)
-            event_id, source, name, at, origin, _, _ = envelope
+            envelope, payload = self.readers.read(record)  # decoded already, or None
+            event_id, source, name, at, origin, _, _, _, extensions = envelope
             if origin == self.bridge_id:
                 return ECHO
-            value = record.value
-            payload = self.codec.decode(value if value is not None else b"")
         except DecodeError as exc:
             return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", (), 0)
         topic = record.topic
@@ -263,17 +270,40 @@ class Inbound:
         if route is None:
             retries = self.retries
             if retries is not None and (retrying := retries.route_of(topic)) is not None:
+                if payload is None:
+                    try:
+                        payload = self.readers.decode(record, envelope)
+                    except DecodeError as exc:
+                        reason = f"undecodable record: {exc}"
+                        return self._dead_letter(record, retrying, reason, "decode", (), 0)
                 return retries.prepare(self, record, retrying, envelope, payload)
             if self.unrouted == "dlq":
                 reason = f"no inbound route for type {name!r} on this topic"
                 return self._dead_letter(record, None, reason, "unrouted", (), 0)
             return UNROUTED
-        if record.headers[-1][0] == RERUN_ID:  # a replay: some handlers only (_rerun)
+        if payload is None:  # routed before decoded: unrouted records are never decoded
+            try:
+                payload = self.readers.decode(record, envelope)
+            except DecodeError as exc:
+                reason = f"undecodable record: {exc}"
+                return self._dead_letter(record, route, reason, "decode", (), 0)
+        headers = record.headers  # none at all in the json and go-micro formats
+        if headers and headers[-1][0] == RERUN_ID:  # a replay: some handlers only (_rerun)
             return self._rerun(record, route, envelope, payload)
         if self.dedup.seen(event_id):
             return DUPLICATE
         sender = _new_remote(
-            Remote, (source, event_id, at, topic, record.partition, record.offset, self.bridge_id)
+            Remote,
+            (
+                source,
+                event_id,
+                at,
+                topic,
+                record.partition,
+                record.offset,
+                self.bridge_id,
+                extensions,
+            ),
         )
         return (route, envelope, name, payload, sender, None)
 
@@ -306,6 +336,7 @@ class Inbound:
                 record.partition,
                 record.offset,
                 self.bridge_id,
+                envelope.extensions,
             ),
         )
         return (route, envelope, envelope.type, payload, sender, Redo(key, handlers, None))
@@ -444,7 +475,9 @@ class Inbound:
             setattr(self._stats, counter, getattr(self._stats, counter) + 1)
 
     def _route_of(self, topic: str, name: str) -> Route | None:
-        route = next((r for r in self.routes if r.topic == topic and r.matches(name)), None)
+        route = None
+        if is_name(name):  # a foreign type no route maps to a signal name is unrouted
+            route = next((r for r in self.routes if r.topic == topic and r.matches(name)), None)
         if len(self._cache) > 10_000:  # hostile streams of made-up types
             self._cache.clear()
         self._cache[(topic, name)] = route
@@ -472,6 +505,15 @@ class Inbound:
         if self.tracing is not None:
             self.tracing.dead_lettered(topic, reason, error, failures, attempts)
         return self.dead_letters.letter(record, topic, reason, error, failures, attempts)
+
+
+def is_name(text: str) -> bool:
+    """True if ``text`` is a valid signal name."""
+    try:
+        check_name(text)
+    except InvalidNameError:
+        return False
+    return True
 
 
 def _maybe_trace(envelope: Envelope) -> contextlib.AbstractContextManager[None]:

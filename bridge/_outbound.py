@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from eventbus import Event, EventBus, compile_pattern
 
 from ._codec import MsgpackCodec
-from ._envelope import HeaderBuilder
 from ._errors import DeliveryError, EncodeError
+from ._formats import Writers
 from ._remote import Remote
 from ._routes import Route
 from ._stats import Stats
@@ -65,7 +65,7 @@ class Outbound:
         self._stats_lock = stats_lock
         self.tracing = tracing  # None: no spans (see _tracing)
         self._sent = 0  # records handed to a failures-only producer
-        self._headers = HeaderBuilder(service, bridge_id)
+        self._writers = Writers(self.routes, codec, service, bridge_id)
         self._cache: dict[tuple[str, str], tuple[Route, ...]] = {}
         self._patterns = tuple(dict.fromkeys(s for r in self.routes for s in r.signals))
         self._handlers: list[Callable[[Event], None]] = []
@@ -148,9 +148,15 @@ class Outbound:
         producer = self.producer
         if producer is None:
             raise RuntimeError("bridge is not started")
-        value = self.codec.encode(payload)
-        headers = self._headers.build(name)
+        writer_of = self._writers.of
+        last = None
+        value = b""
+        headers: Sequence[tuple[str, bytes]] = ()
         for route in routes:
+            writer = writer_of(route)
+            if writer is not last:  # routes of one format share the record
+                value, headers = writer.write(name, payload)
+                last = writer
             key = None
             if route.key is not None:
                 try:
@@ -177,7 +183,7 @@ class Outbound:
         topic: str,
         value: bytes,
         key: bytes | None,
-        headers: list[tuple[str, bytes]],
+        headers: Sequence[tuple[str, bytes]],
     ) -> None:
         """Queue one record: to the outbox, or to the producer (and count it)."""
         if self.outbox is not None:

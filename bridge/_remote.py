@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 
@@ -20,3 +21,7 @@ class Remote(NamedTuple):
     offset: int
     bridge: str
     """The id of the bridge that received it (used to avoid echoes)."""
+    extensions: Mapping[str, str] | None = None
+    """What the envelope carried beyond the core attributes, read-only: CloudEvents
+    extensions (``subject``, ``partitionkey``, ...) by name, without the ``ce_`` prefix;
+    None when there were none."""

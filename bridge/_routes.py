@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from eventbus import EventBus, InvalidNameError, check_name, compile_pattern
@@ -13,6 +13,11 @@ from eventbus import EventBus, InvalidNameError, check_name, compile_pattern
 from ._errors import ConfigError
 
 Direction = Literal["in", "out", "both"]
+Format = Literal["cloudevents", "cloudevents-structured", "json", "go-micro"]
+FORMATS: tuple[str, ...] = ("cloudevents", "cloudevents-structured", "json", "go-micro")
+CONTENT_TYPES: tuple[str, ...] = ("application/vnd.msgpack", "application/json")
+TypeRule = Callable[[str], "str | None"]
+Types = Mapping[str, str] | TypeRule
 _TOPIC = re.compile(r"[A-Za-z0-9._\-]{1,249}")
 RETRY_TOPIC = "{topic}.retry.{delay}"
 """The default name of a route's delayed retry topics."""
@@ -45,6 +50,21 @@ class Route:
       record leaves its key's order (later records of the key do not wait for it).
     * ``both``: the two at once, without echo (the bridge never re-publishes what it
       received, and skips its own records when they come back).
+
+    The wire format (docs/wire-format.md, docs/interoperability.md):
+
+    * ``format``: ``cloudevents`` (binary mode, the default), ``cloudevents-structured``,
+      ``json`` (a plain JSON object) or ``go-micro``. Inbound, ``cloudevents`` and
+      ``cloudevents-structured`` both read either mode, with msgpack or JSON data.
+    * ``content_type``: the data of an outbound ``cloudevents`` route,
+      ``application/vnd.msgpack`` (default) or ``application/json``.
+    * ``types``: foreign event types and the signal names they stand for,
+      ``{"com.example/user:registered": "user.registered"}``; inbound, a function
+      ``type -> signal name or None`` works too. Outbound, a signal listed here is
+      written with its foreign type.
+    * ``type_field``, ``id_field`` (``json`` format): the object field holding the signal
+      name (else the route's one signal name) and the one holding the event id (else
+      ``topic/partition/offset``).
     """
 
     signals: tuple[str, ...]
@@ -54,6 +74,11 @@ class Route:
     dlq: str | None = None
     retry_delays: tuple[float, ...] = ()
     retry_topic: str = RETRY_TOPIC
+    format: Format = "cloudevents"
+    content_type: str | None = None
+    types: Types | None = field(default=None, compare=False)
+    type_field: str | None = None
+    id_field: str | None = None
 
     def __post_init__(self) -> None:
         signals = (self.signals,) if isinstance(self.signals, str) else tuple(self.signals)
@@ -80,7 +105,55 @@ class Route:
             check_topic(self.dlq)
             if self.dlq == self.topic:
                 raise ConfigError(f"route to {self.topic!r}: the dead-letter topic must differ")
+        self._check_format()
         self._check_retries()
+
+    def _check_format(self) -> None:
+        where = f"route to {self.topic!r}"
+        if self.format not in FORMATS:
+            raise ConfigError(
+                f"{where}: format must be one of {', '.join(FORMATS)}, not {self.format!r}"
+            )
+        if self.content_type is not None and (
+            self.format != "cloudevents" or self.content_type not in CONTENT_TYPES
+        ):
+            raise ConfigError(
+                f"{where}: content_type applies to format 'cloudevents' and is one of "
+                f"{', '.join(CONTENT_TYPES)}, not {self.content_type!r}"
+            )
+        if self.types is not None:
+            if isinstance(self.types, Mapping):
+                for foreign, name in self.types.items():
+                    if not isinstance(foreign, str) or not foreign:
+                        raise ConfigError(f"{where}: types: {foreign!r} is not a type")
+                    try:
+                        check_name(name)
+                    except (InvalidNameError, TypeError) as exc:
+                        raise ConfigError(f"{where}: types[{foreign!r}]: {exc}") from None
+                object.__setattr__(self, "types", dict(self.types))
+            elif not callable(self.types):
+                raise ConfigError(f"{where}: types must be a mapping or a function")
+            elif self.is_outbound:
+                raise ConfigError(f"{where}: an outbound route's types must be a mapping")
+        for option in ("type_field", "id_field"):
+            value = getattr(self, option)
+            if value is None:
+                continue
+            if self.format != "json":
+                raise ConfigError(f"{where}: {option} applies to format 'json' only")
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}: {option} must be a field name")
+        if (
+            self.format in ("json", "go-micro")
+            and self.is_inbound
+            and self.type_field is None
+            and (len(self.signals) != 1 or "*" in self.signals[0])
+        ):
+            without = " without type_field" if self.format == "json" else ""
+            raise ConfigError(
+                f"{where}: an inbound {self.format} route{without} carries one signal name, "
+                f"not {list(self.signals)}"
+            )
 
     def _check_retries(self) -> None:
         where = f"route to {self.topic!r}"
@@ -119,9 +192,28 @@ class Route:
                 raise ConfigError(f"{where}: retry topic {name!r} must differ from the others")
 
     @classmethod
-    def outbound(cls, signals: str | Sequence[str], *, topic: str, key: str | None = None) -> Route:
+    def outbound(
+        cls,
+        signals: str | Sequence[str],
+        *,
+        topic: str,
+        key: str | None = None,
+        format: Format = "cloudevents",
+        content_type: str | None = None,
+        types: Mapping[str, str] | None = None,
+        type_field: str | None = None,
+    ) -> Route:
         """Route local events matching ``signals`` out to ``topic``."""
-        return cls(_tuple(signals), topic, "out", key=key)
+        return cls(
+            _tuple(signals),
+            topic,
+            "out",
+            key=key,
+            format=format,
+            content_type=content_type,
+            types=types,
+            type_field=type_field,
+        )
 
     @classmethod
     def inbound(
@@ -132,6 +224,10 @@ class Route:
         dlq: str | None = None,
         retry_delays: Sequence[float] = (),
         retry_topic: str = RETRY_TOPIC,
+        format: Format = "cloudevents",
+        types: Types | None = None,
+        type_field: str | None = None,
+        id_field: str | None = None,
     ) -> Route:
         """Route records of the types ``signals`` on ``topic`` in to the local bus."""
         return cls(
@@ -141,6 +237,10 @@ class Route:
             dlq=dlq,
             retry_delays=tuple(retry_delays),
             retry_topic=retry_topic,
+            format=format,
+            types=types,
+            type_field=type_field,
+            id_field=id_field,
         )
 
     @classmethod
@@ -153,6 +253,11 @@ class Route:
         dlq: str | None = None,
         retry_delays: Sequence[float] = (),
         retry_topic: str = RETRY_TOPIC,
+        format: Format = "cloudevents",
+        content_type: str | None = None,
+        types: Mapping[str, str] | None = None,
+        type_field: str | None = None,
+        id_field: str | None = None,
     ) -> Route:
         """Route ``signals`` out to ``topic`` and in from it."""
         return cls(
@@ -163,6 +268,11 @@ class Route:
             dlq=dlq,
             retry_delays=tuple(retry_delays),
             retry_topic=retry_topic,
+            format=format,
+            content_type=content_type,
+            types=types,
+            type_field=type_field,
+            id_field=id_field,
         )
 
     @property

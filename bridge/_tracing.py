@@ -110,7 +110,7 @@ class Tracing:
 
     @contextlib.contextmanager
     def sending(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
     ) -> Iterator[Headers]:
         """A PRODUCER span around queueing one record; yields the headers to write.
 

@@ -562,15 +562,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
     """One line for a record: decoded, or marked undecodable with the reason. Never raises."""
-    from ._envelope import read_envelope
+    from ._formats import Readers
 
     key = record.key.decode(errors="replace") if record.key is not None else None
     where = f"{record.topic}/{record.partition}@{record.offset}"
     letter = dead_letter_headers(record)
     dead = _describe_dead_letter(letter) if letter else ""
     try:
-        envelope = read_envelope(record)
-        payload = codec.decode(record.value if record.value is not None else b"")
+        readers = Readers((), codec, lambda name: None)  # CloudEvents, either mode
+        envelope, payload = readers.read(record)
+        if payload is None:
+            payload = readers.decode(record, envelope)
     except ValueError as exc:  # DecodeError of the envelope or the codec
         size = len(record.value or b"")
         if as_json:

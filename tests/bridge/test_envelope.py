@@ -49,6 +49,8 @@ def test_second_record_of_a_producer_skips_the_full_check(monkeypatch: pytest.Mo
         "origin-1",
         None,
         None,
+        "msgpack",
+        None,
     )
 
 
@@ -97,3 +99,52 @@ def test_learned_layouts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         headers = HeaderBuilder("orders", f"origin-{n}").build("order.placed")
         assert read_envelope(record(headers)).origin == f"origin-{n}"
         assert len(_envelope._layouts) <= 3
+
+
+def test_json_content_types_are_read_as_json() -> None:
+    base = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"t")]
+    for value in (
+        b"application/json",
+        b"application/json; charset=utf-8",
+        b"text/json",
+        b"application/vnd.user+json",
+    ):
+        assert envelope_of(dict([*base, ("content-type", value)])).content == _envelope.JSON
+    assert envelope_of(dict(base)).content == _envelope.UNKNOWN
+    with pytest.raises(DecodeError, match="'text/plain' is neither msgpack nor JSON"):
+        envelope_of(dict([*base, ("content-type", b"text/plain")]))
+
+
+def test_a_foreign_type_is_read_as_written() -> None:
+    """Mapping a type to a signal name is the route's business (bridge._formats)."""
+    headers = {
+        "ce_specversion": b"1.0",
+        "ce_id": b"1",
+        "ce_source": b"s",
+        "ce_type": b"com.example/user:registered",
+    }
+    assert envelope_of(headers).type == "com.example/user:registered"
+
+
+def test_extensions_and_the_tracing_extension() -> None:
+    headers = {
+        "ce_specversion": b"1.0",
+        "ce_id": b"1",
+        "ce_source": b"s",
+        "ce_type": b"t",
+        "ce_subject": b"user/42",
+        "ce_partitionkey": b"42",
+        "ce_traceparent": b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "ce_tracestate": b"k=v",
+    }
+    envelope = envelope_of(headers)
+    assert envelope.extensions is not None
+    assert envelope.extensions["subject"] == "user/42"
+    assert envelope.extensions["partitionkey"] == "42"
+    assert envelope.traceparent == headers["ce_traceparent"]
+    assert envelope.tracestate == b"k=v"
+    # The W3C header wins over the extension.
+    w3c = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert envelope_of({**headers, "traceparent": w3c}).traceparent == w3c
+    with pytest.raises(TypeError):
+        envelope.extensions["subject"] = "x"  # type: ignore[index]

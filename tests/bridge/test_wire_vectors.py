@@ -112,3 +112,25 @@ def test_valid_vector_is_plain_msgpack(entry: dict[str, Any]) -> None:
 def test_invalid_vector_is_a_decode_error(entry: dict[str, Any]) -> None:
     with pytest.raises(DecodeError):
         CODEC.decode(bytes.fromhex(entry["value_hex"]))
+
+
+# -- JSON data (docs/wire-format.md#json-data) ----------------------------------------------
+
+JSON_VECTORS = json.loads((Path(__file__).parent / "vectors-json.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("vector", JSON_VECTORS["valid"], ids=_ids(JSON_VECTORS["valid"]))
+def test_json_vector_is_written_exactly_and_read_back(vector: dict[str, Any]) -> None:
+    from bridge._json import JsonCodec
+
+    codec = JsonCodec()
+    assert codec.encode(from_json(vector["payload"])).decode() == vector["value"]
+    assert codec.decode(vector["value"].encode()) == json.loads(vector["value"])
+
+
+@pytest.mark.parametrize("vector", JSON_VECTORS["invalid"], ids=_ids(JSON_VECTORS["invalid"]))
+def test_invalid_json_vector_is_rejected(vector: dict[str, Any]) -> None:
+    from bridge._json import JsonCodec
+
+    with pytest.raises(DecodeError):
+        JsonCodec().decode(vector["value"].encode())

@@ -208,6 +208,14 @@ def test_build_bridge_passes_every_option(write) -> None:
         ),
         ("[bridge\nservice='x'", r"service.toml: not valid TOML"),
         (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\nformat='xml'",
+            r"route #1 \(topic 't'\): .*format must be one of cloudevents, cloudevents-structured, json, go-micro",
+        ),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\ntypes=['x']",
+            r"types expects a table of foreign type = signal name, got a list",
+        ),
+        (
             "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\nretry_delays='10s'",
             r"route #1 \(topic 't'\): retry_delays expects a list of durations",
         ),
@@ -371,6 +379,43 @@ def test_the_reference_documents_every_key() -> None:
         assert f"EVENTBUS_BRIDGE_{key.upper()}" in reference, key
     for key in ROUTE_KEYS:
         assert f"`{key}`" in reference, key
+
+
+def test_format_options_of_a_route(write) -> None:
+    config = load(
+        """
+[bridge]
+service = "s"
+[[route]]
+signals = "user.registered"
+topic = "users"
+direction = "in"
+types = { "com.example/user:registered" = "user.registered" }
+[[route]]
+signals = "order.*"
+topic = "orders"
+direction = "both"
+format = "json"
+type_field = "kind"
+id_field = "event_id"
+[[route]]
+signals = "order.*"
+topic = "orders-ce"
+direction = "out"
+content_type = "application/json"
+""",
+        write,
+    )
+    users, orders, orders_ce = config.routes
+    assert users == Route.inbound(
+        "user.registered", topic="users", types={"com.example/user:registered": "user.registered"}
+    )
+    assert users.types == {"com.example/user:registered": "user.registered"}
+    assert orders == Route.both(
+        "order.*", topic="orders", format="json", type_field="kind", id_field="event_id"
+    )
+    assert orders_ce.content_type == "application/json"
+    assert "format json" in "\n".join(config.describe())
 
 
 def test_an_inbound_route_without_handlers_is_refused_naming_route_signals_and_bus(
