@@ -322,9 +322,9 @@ def test_metrics_count_dead_letters_and_delayed_retries() -> None:
             status, text = _get(f"http://127.0.0.1:{server.port}/metrics")
         assert status == 200
         assert 'eventbus_bridge_dead_letter_records{service="svc",topic="a.dlq"} 1.0' in text
-        assert 'eventbus_bridge_retries_scheduled_total{service="svc"} 2.0' in text
-        assert 'eventbus_bridge_retries_due_total{service="svc"} 2.0' in text
-        assert 'eventbus_bridge_retries_handled_total{service="svc"} 1.0' in text
+        assert 'eventbus_bridge_retries_scheduled_total{route="a",service="svc"} 2.0' in text
+        assert 'eventbus_bridge_retries_due_total{route="a",service="svc"} 2.0' in text
+        assert 'eventbus_bridge_retries_handled_total{route="a",service="svc"} 1.0' in text
     finally:
         server.close()
 
