@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 PROG = "eventbus-bridge"
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
 DEFAULT_TIMEOUT = 10.0
-PROGRESS_HINT = "pip install eventbus-bridge[cli]"
+PROGRESS_HINT = "pip install tqdm (the [cli] extra: pip install '.[cli]')"
 
 MAIN_EPILOG = """\
 examples:
@@ -150,9 +150,9 @@ bridge handle it although it saw the event id before. With --to handlers, a reco
 that fails again is dead-lettered again with the new reason (to the same topic, after
 the records this replay reads).
 
-Progress goes to stderr: a bar when tqdm is installed (pip install
-eventbus-bridge[cli]) and stderr is a terminal, else a line a second (--progress to
-choose; none with --json unless asked for).
+Progress goes to stderr: a bar when tqdm is installed (pip install tqdm, or the
+[cli] extra) and stderr is a terminal, else a line a second (--progress to choose;
+none with --json unless asked for).
 
 A replay is a consumer group, eventbus-bridge-replay.<topic>.<name>: it commits each
 batch once replayed, so the same command run again (same --name, or the same

@@ -391,6 +391,6 @@ def test_a_replay_shows_a_tqdm_bar_on_a_terminal_else_lines(
     _show_replay(display)
     assert display.mode == "lines" and stream.getvalue().splitlines()[-1] == final
     with pytest.raises(
-        ConfigError, match=r"--progress bar needs tqdm: pip install eventbus-bridge\[cli\]"
+        ConfigError, match=r"--progress bar needs tqdm: pip install tqdm \(the \[cli\] extra"
     ):
         ReplayDisplay("bar", stream)
