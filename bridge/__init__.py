@@ -28,7 +28,7 @@ from ._outbound import DeliveryFailureCallback
 from ._outbox import Outbox
 from ._remote import Remote
 from ._routes import Route
-from ._stats import Stats
+from ._stats import RouteRetries, Stats
 from ._transport import Consumer, Producer, Record, Transport
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "Record",
     "Remote",
     "Route",
+    "RouteRetries",
     "SqliteDedup",
     "Stats",
     "Transport",

@@ -456,6 +456,8 @@ class Replay:
             self.transport, self.topic, self.group, timeout=self.timeout, stop=self.stop
         ) as reader:
             state = ReplayProgress(self.name, self.group, reader.pending, dry_run=self.dry_run)
+            if self.progress is not None:
+                self.progress(state)  # the count to read, before the first record
             sender = _Sender(self, state)
             try:
                 batch: dict[int, Record] = {}

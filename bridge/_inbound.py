@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -48,7 +48,7 @@ from ._remote import Remote
 from ._rerun import RERUN_ID, RerunError, read_rerun
 from ._retry_topics import Redo, RetryTopics
 from ._routes import Route
-from ._stats import Stats
+from ._stats import RouteRetries, Stats
 from ._transport import Consumer, Record
 
 if TYPE_CHECKING:
@@ -132,6 +132,8 @@ class Inbound:
         self.drain_timeout = drain_timeout
         self.loop = loop
         self.retries = retry_topics  # delayed retry topics (_retry_topics), if any route has them
+        for route in retry_topics.routes if retry_topics is not None else ():
+            stats.retries_by_route.setdefault(route.topic, RouteRetries())
         self._cache: dict[tuple[str, str], Route | None] = {}
         self._thread: threading.Thread | None = None
         self.stopping = stopping
@@ -231,7 +233,9 @@ class Inbound:
         if letters:
             delivered, unconfirmed = self.dead_letters.confirm(letters)
             counts[DEAD_LETTERED] += delivered
-            counts[RETRY_SCHEDULED] += sum(not x.counted and x.wait(0) for x in letters)
+            counts[RETRY_SCHEDULED] += self.count_scheduled(
+                x.topic for x in letters if not x.counted and x.wait(0)
+            )
         self.count(received, counts)
         store = self.consumer.store
         for partition, record in done.items():
@@ -436,7 +440,7 @@ class Inbound:
         if not failures:
             self.dedup.add(envelope.id if redo is None else redo.key)
             if redo is not None and redo.retry is not None:
-                self.count_retry("retries_handled")
+                self.count_retry("retries_handled", route)
             return HANDLED
         first = failures[0]
         reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"
@@ -469,10 +473,26 @@ class Inbound:
         if self.tracing is not None:
             self.tracing.retrying(attempt, failures)
 
-    def count_retry(self, counter: str) -> None:
-        """Add one to a delayed-retry counter of ``Stats`` (any thread)."""
+    def count_retry(self, counter: str, route: Route) -> None:
+        """Add one to a delayed-retry counter of ``Stats``, in all and for ``route`` (any
+        thread)."""
+        stats = self._stats
         with self._stats_lock:
-            setattr(self._stats, counter, getattr(self._stats, counter) + 1)
+            setattr(stats, counter, getattr(stats, counter) + 1)
+            of_route = stats.retries_by_route[route.topic]
+            setattr(of_route, counter, getattr(of_route, counter) + 1)
+
+    def count_scheduled(self, topics: Iterable[str]) -> int:
+        """Count records confirmed on the retry topics ``topics`` for their routes (any
+        thread); return how many (the caller adds them to the total with the outcomes)."""
+        n = 0
+        for topic in topics:
+            route = self.retries.route_of(topic) if self.retries is not None else None
+            if route is not None:
+                with self._stats_lock:
+                    self._stats.retries_by_route[route.topic].retries_scheduled += 1
+            n += 1
+        return n
 
     def _route_of(self, topic: str, name: str) -> Route | None:
         route = None
@@ -834,7 +854,10 @@ class KeyScheduler:
         delivered, unconfirmed = self.inbound.dead_letters.confirm([letter])
         if unconfirmed or (letter.counted and not delivered):
             return NOT_DONE
-        return DEAD_LETTERED if letter.counted else RETRY_SCHEDULED
+        if letter.counted:
+            return DEAD_LETTERED
+        self.inbound.count_scheduled((letter.topic,))
+        return RETRY_SCHEDULED
 
     def _spawn_task(self, key: _Key) -> None:
         assert self.loop is not None

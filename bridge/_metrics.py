@@ -38,20 +38,27 @@ COUNTERS = (
         "dead_lettered",
         "Records sent to a dead-letter topic (failed handlers, undecodable, unrouted).",
     ),
-    (
-        "eventbus_bridge_retries_scheduled",
-        "retries_scheduled",
-        "Records sent to a delayed retry topic.",
-    ),
-    ("eventbus_bridge_retries_due", "retries_due", "Delayed retries that came due and ran."),
-    (
-        "eventbus_bridge_retries_handled",
-        "retries_handled",
-        "Delayed retries whose handlers all succeeded.",
-    ),
     ("eventbus_bridge_duplicates", "duplicates", "Inbound events dropped as duplicates."),
     ("eventbus_bridge_echoes", "echoes", "Inbound records skipped as this bridge's own."),
     ("eventbus_bridge_unrouted", "unrouted", "Inbound records of a type no route names."),
+)
+# Per inbound route with retry_delays (label route: its topic), from Stats.retries_by_route.
+ROUTE_COUNTERS = (
+    (
+        "eventbus_bridge_retries_scheduled",
+        "retries_scheduled",
+        "Records sent to a delayed retry topic of the route.",
+    ),
+    (
+        "eventbus_bridge_retries_due",
+        "retries_due",
+        "Delayed retries of the route that came due and ran.",
+    ),
+    (
+        "eventbus_bridge_retries_handled",
+        "retries_handled",
+        "Delayed retries of the route whose handlers all succeeded.",
+    ),
 )
 
 
@@ -92,6 +99,13 @@ class BridgeCollector:
                 family = core.CounterMetricFamily(name, text, labels=labels)
                 family.add_metric([service], getattr(stats, field))
                 yield family
+            by_route = list(stats.retries_by_route.items())  # one per route from the start
+            if by_route:
+                for name, field, text in ROUTE_COUNTERS:
+                    family = core.CounterMetricFamily(name, text, labels=[*labels, "route"])
+                    for route, counters in by_route:
+                        family.add_metric([service, route], getattr(counters, field))
+                    yield family
             in_flight = core.GaugeMetricFamily(
                 "eventbus_bridge_in_flight",
                 "Records produced and not yet delivered or failed.",

@@ -237,7 +237,7 @@ class RetryTopics:
                 f"{delays[retry.attempt - 1]:g} s of {record.topic}"
             )
             return self._dead_letter(inbound, record, route, reason, "retry", retry=retry)
-        inbound.count_retry("retries_due")
+        inbound.count_retry("retries_due", route)
         key = f"{envelope.id}#{rerun.id}"
         if inbound.dedup.seen(key):
             return DUPLICATE

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RouteRetries:
+    """The delayed-retry counters of one inbound route (``Stats.retries_by_route``)."""
+
+    retries_scheduled: int = 0
+    """Records of the route sent to one of its retry topics."""
+    retries_due: int = 0
+    """Records of its retry topics that came due and were run again."""
+    retries_handled: int = 0
+    """Of those, the ones whose handlers all succeeded."""
 
 
 @dataclass(slots=True)
@@ -27,6 +39,9 @@ class Stats:
     """Records of retry topics that came due and were run again."""
     retries_handled: int = 0
     """Of those, the ones whose handlers all succeeded."""
+    retries_by_route: dict[str, RouteRetries] = field(default_factory=dict)
+    """The three counters above per inbound route with ``retry_delays``, by its topic
+    (one entry per such topic from the start; their sums are the totals)."""
     duplicates: int = 0
     echoes: int = 0
     unrouted: int = 0

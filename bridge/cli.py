@@ -24,7 +24,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from importlib import metadata
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
 
 from eventbus import default_bus
@@ -45,9 +45,13 @@ from ._daemon import (
 )
 from ._errors import BridgeError, ConfigError, TransportError
 
+if TYPE_CHECKING:
+    from ._dlq import ReplayProgress
+
 PROG = "eventbus-bridge"
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
 DEFAULT_TIMEOUT = 10.0
+PROGRESS_HINT = "pip install tqdm (the [cli] extra: pip install '.[cli]')"
 
 MAIN_EPILOG = """\
 examples:
@@ -145,6 +149,10 @@ eventbus-rerun-* headers that the other services' bridges skip, and that make th
 bridge handle it although it saw the event id before. With --to handlers, a record
 that fails again is dead-lettered again with the new reason (to the same topic, after
 the records this replay reads).
+
+Progress goes to stderr: a bar when tqdm is installed (pip install tqdm, or the
+[cli] extra) and stderr is a terminal, else a line a second (--progress to choose;
+none with --json unless asked for).
 
 A replay is a consumer group, eventbus-bridge-replay.<topic>.<name>: it commits each
 batch once replayed, so the same command run again (same --name, or the same
@@ -386,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="count what would be replayed; send and commit nothing",
+    )
+    replay.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines", "none"),
+        default="auto",
+        help="on stderr: a tqdm bar, a line a second, or nothing (default auto: the bar "
+        "on a terminal when tqdm is installed, else lines; none with --json)",
     )
     replay.set_defaults(command=cmd_dlq_replay)
     purge = dlq_commands.add_parser(
@@ -825,7 +840,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     """``dlq replay``: see DLQ_REPLAY_EPILOG."""
     from eventbus import default_bus
 
-    from ._dlq import Replay, ReplayProgress
+    from ._dlq import Replay
 
     configure_logging(args.log_level or "WARNING")
     config = _kafka_config(args)
@@ -839,24 +854,10 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         from ._routes import check_topic
 
         check_topic(args.target_topic)
+    mode = "none" if args.json and args.progress == "auto" else args.progress
+    progress = ReplayDisplay(mode, sys.stderr)
     transport = connect(config)
     stop = _stop_on_signals()
-    last = [0.0]
-
-    def progress(state: ReplayProgress) -> None:
-        now = time.monotonic()
-        if args.json or (now - last[0] < 1.0 and not state.finished):
-            return
-        last[0] = now
-        done = f"{state.read}/{state.pending} read" if state.pending else "0 to read"
-        print(
-            f"replay {state.name}: {done}, {state.matched} selected, {state.replayed} "
-            f"{'to replay' if state.dry_run else 'replayed'}, {state.failed} failed again, "
-            f"{state.skipped} skipped",
-            file=sys.stderr,
-            flush=True,
-        )
-
     try:
         replay = Replay(
             transport,
@@ -876,6 +877,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             print(f"replay {replay.name}: consumer group {replay.group}", file=sys.stderr)
         state = replay.run()
     finally:
+        progress.close()
         transport.close()
     if args.json:
         from dataclasses import asdict
@@ -923,6 +925,75 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.as_json()))
     return EXIT_OK
+
+
+class ReplayDisplay:
+    """Shows a replay's progress (call it with each ``ReplayProgress``) on ``stream``.
+
+    ``mode``: ``"bar"`` a tqdm bar (ConfigError when tqdm is missing), ``"lines"`` a line
+    at most every second and at the end, ``"none"`` nothing; ``"auto"`` the bar when
+    tqdm is installed and ``stream`` is a terminal, else lines. ``close()`` replaces the
+    bar with a line of the last counts.
+    """
+
+    def __init__(self, mode: str, stream: TextIO) -> None:
+        self.stream = stream
+        self._tqdm: Any = None
+        self._bar: Any = None
+        self._last = 0.0
+        self._state: ReplayProgress | None = None
+        if mode in ("auto", "bar"):
+            if mode == "bar" or stream.isatty():
+                try:
+                    from tqdm import tqdm
+                except ImportError:
+                    if mode == "bar":
+                        raise ConfigError(f"--progress bar needs tqdm: {PROGRESS_HINT}") from None
+                else:
+                    self._tqdm = tqdm
+            mode = "bar" if self._tqdm is not None else "lines"
+        self.mode = mode
+
+    def __call__(self, state: ReplayProgress) -> None:
+        if self.mode == "lines":
+            now = time.monotonic()
+            if now - self._last >= 1.0 or state.finished:
+                self._last = now
+                print(_progress_line(state), file=self.stream, flush=True)
+        elif self.mode == "bar":
+            self._state = state
+            bar = self._bar
+            if bar is None:
+                bar = self._bar = self._tqdm(
+                    total=state.pending or None,
+                    desc=f"replay {state.name}",
+                    unit=" records",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                    leave=False,  # replaced by the last line at close()
+                )
+            bar.update(state.read - bar.n)
+            bar.set_postfix_str(_counts(state))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            if self._state is not None:
+                print(_progress_line(self._state), file=self.stream, flush=True)
+
+
+def _progress_line(state: ReplayProgress) -> str:
+    done = f"{state.read}/{state.pending} read" if state.pending else "0 to read"
+    return f"replay {state.name}: {done}, {_counts(state)}"
+
+
+def _counts(state: ReplayProgress) -> str:
+    return (
+        f"{state.matched} selected, {state.replayed} "
+        f"{'to replay' if state.dry_run else 'replayed'}, {state.failed} failed again, "
+        f"{state.skipped} skipped"
+    )
 
 
 def _replay_name(args: argparse.Namespace) -> str:

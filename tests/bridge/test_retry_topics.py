@@ -194,6 +194,85 @@ def test_a_retry_succeeds_once_the_cause_is_gone(transport: Transport) -> None:
     assert len(worker.calls(7)) == 2 and worker.steady_calls == [7]
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_retries_are_counted_per_route_in_stats_and_metrics(
+    transport: Transport, concurrency: int
+) -> None:
+    """Two routes with retry_delays, one without: scheduled / due / handled per route
+    (by its topic) in ``stats.retries_by_route`` and as the ``route`` label in /metrics;
+    the bridge's totals are their sums. (concurrency 1 and 4 count on different paths.)"""
+    import urllib.request
+
+    from bridge._metrics import serve_metrics
+
+    a, b, plain = new_topic(), new_topic(), new_topic()
+    bus = EventBus()
+    calls: list[int] = []
+
+    @bus.on("a.*")
+    @bus.on("b.*")
+    @bus.on("c.*")
+    def handle(sender: Any, n: int) -> None:
+        calls.append(n)
+        if n in (2, 3) or (n == 1 and calls.count(1) == 1):
+            raise ConnectionError(f"down for {n}")  # 1 once, 2 and 3 always
+
+    routes = [
+        Route.inbound("a.*", topic=a, retry_delays=[0.2, 0.2]),
+        Route.inbound("b.*", topic=b, retry_delays=[0.2]),
+        Route.inbound("c.*", topic=plain),
+    ]
+    bridge = Bridge(
+        bus,
+        transport=transport,
+        service="worker",
+        routes=routes,
+        max_attempts=1,
+        concurrency=concurrency,
+    )
+    server = serve_metrics(bridge, "127.0.0.1", 0)
+    try:
+        with bridge:
+            sender = EventBus()
+            outbound = [
+                Route.outbound("a.*", topic=a),
+                Route.outbound("b.*", topic=b),
+                Route.outbound("c.*", topic=plain),
+            ]
+            with Bridge(sender, transport=transport, service="shop", routes=outbound):
+                for name, n in [("a.x", 0), ("a.x", 1), ("a.x", 2), ("b.x", 3), ("b.x", 4)]:
+                    sender.emit(name, n=n)
+                sender.emit("c.x", n=5)
+            stats = bridge.stats
+            wait_for(
+                lambda: (
+                    (stats.dead_lettered, stats.retries_due, stats.retries_handled) == (2, 4, 1)
+                ),
+                30,
+                "the retries and the two dead letters",
+            )
+            url = f"http://127.0.0.1:{server.port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+    finally:
+        server.close()
+    # a: 1 fails once (one retry, handled), 2 always (two retries, then the DLQ);
+    # b: 3 always (one retry, then the DLQ); plain has no retry topics
+    by_route = {
+        topic: (c.retries_scheduled, c.retries_due, c.retries_handled)
+        for topic, c in stats.retries_by_route.items()
+    }
+    assert by_route == {a: (3, 3, 1), b: (1, 1, 0)}
+    assert (stats.retries_scheduled, stats.retries_due, stats.retries_handled) == (4, 4, 1)
+    for route, (scheduled, due, handled) in by_route.items():
+        labels = f'{{route="{route}",service="worker"}}'
+        assert f"eventbus_bridge_retries_scheduled_total{labels} {scheduled}.0" in text
+        assert f"eventbus_bridge_retries_due_total{labels} {due}.0" in text
+        assert f"eventbus_bridge_retries_handled_total{labels} {handled}.0" in text
+    assert f'route="{plain}"' not in text
+    assert 'eventbus_bridge_retries_scheduled_total{service="worker"}' not in text
+
+
 def test_retry_records_survive_a_restart_and_nothing_runs_twice(transport: Transport) -> None:
     topic = new_topic()
     worker = Worker(transport, topic, [3.0])

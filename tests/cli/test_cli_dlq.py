@@ -104,11 +104,13 @@ def test_find_fix_replay(
 
         # fix, then replay: a dry run first changes nothing
         broken.unlink()
-        dry = run("replay", dlq, "--type", "order.placed", "--dry-run")
-        assert "3/3 read, 2 selected, 2 to replay" in dry.output
+        dry = run("replay", dlq, "--type", "order.placed", "--dry-run", "--progress", "bar")
+        assert "100%|" in dry.output and "| 3/3 [" in dry.output  # tqdm's bar, asked for
+        assert "3/3 read, 2 selected, 2 to replay" in dry.output.splitlines()[-1]
         assert records(tmp_path / "events.jsonl") == []
         done = run("replay", dlq, "--type", "order.placed")
         assert "3/3 read, 2 selected, 2 replayed, 0 failed again" in done.output
+        assert "%|" not in done.output  # stderr is no terminal: lines, not a bar
         wait_for(lambda: len(records(tmp_path / "events.jsonl")) == 2, 30, "the daemon's reruns")
         assert {r["pid"] for r in records(tmp_path / "events.jsonl")} == {daemon.process.pid}
         # the same command again: nothing left to replay

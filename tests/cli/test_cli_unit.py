@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import signal
 import sys
@@ -16,9 +17,10 @@ import pytest
 from bridge import Bridge, ConfigError, MemoryTransport, MsgpackCodec, Record, Route
 from bridge._config import load_config
 from bridge._daemon import EXIT_CONFIG, EXIT_OK, DaemonError, hosted, import_modules, run
+from bridge._dlq import ReplayProgress
 from bridge._envelope import HeaderBuilder
 from bridge._metrics import INSTALL_HINT, require_prometheus, serve_metrics
-from bridge.cli import build_parser, format_record, main, parse_fields
+from bridge.cli import ReplayDisplay, build_parser, format_record, main, parse_fields
 from eventbus import EventBus
 
 from .helpers import cli, wait_for
@@ -322,9 +324,9 @@ def test_metrics_count_dead_letters_and_delayed_retries() -> None:
             status, text = _get(f"http://127.0.0.1:{server.port}/metrics")
         assert status == 200
         assert 'eventbus_bridge_dead_letter_records{service="svc",topic="a.dlq"} 1.0' in text
-        assert 'eventbus_bridge_retries_scheduled_total{service="svc"} 2.0' in text
-        assert 'eventbus_bridge_retries_due_total{service="svc"} 2.0' in text
-        assert 'eventbus_bridge_retries_handled_total{service="svc"} 1.0' in text
+        assert 'eventbus_bridge_retries_scheduled_total{route="a",service="svc"} 2.0' in text
+        assert 'eventbus_bridge_retries_due_total{route="a",service="svc"} 2.0' in text
+        assert 'eventbus_bridge_retries_handled_total{route="a",service="svc"} 1.0' in text
     finally:
         server.close()
 
@@ -338,3 +340,57 @@ def test_the_same_replay_command_has_the_same_name_whatever_the_time() -> None:
     other = parser.parse_args(["dlq", "replay", "t.dlq", "--since", "3h", "--type", "a.*"])
     assert _replay_name(first) == _replay_name(again) != _replay_name(other)
     assert _replay_name(first).startswith("topic-")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _show_replay(display: ReplayDisplay) -> None:
+    """A replay of 250 records as ``Replay.run`` reports it: at the start, every 100, done."""
+    state = ReplayProgress("fix-1", "group", pending=250)
+    display(state)
+    for read in (100, 200, 250):
+        state.read = state.matched = state.replayed = read
+        state.finished = read == 250
+        display(state)
+    display.close()
+
+
+def test_a_replay_shows_a_tqdm_bar_on_a_terminal_else_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    final = "replay fix-1: 250/250 read, 250 selected, 250 replayed, 0 failed again, 0 skipped"
+    shown: dict[tuple[str, bool], tuple[str, str]] = {}
+    for mode in ("auto", "bar", "lines", "none"):
+        for terminal in (False, True):
+            stream = _Terminal() if terminal else io.StringIO()
+            display = ReplayDisplay(mode, stream)
+            _show_replay(display)
+            shown[mode, terminal] = display.mode, stream.getvalue()
+    for key in [("auto", True), ("bar", False), ("bar", True)]:
+        mode, text = shown[key]
+        assert mode == "bar", key
+        assert "| 100/250 [" in text and "| 250/250 [" in text  # tqdm's bar, as it moved
+        assert "40%|" in text and text.endswith(final + "\n")
+    for key in [("auto", False), ("lines", False), ("lines", True)]:
+        mode, text = shown[key]
+        assert mode == "lines", key
+        lines = text.splitlines()  # at most one a second: those between may be left out
+        assert lines[0] == (
+            "replay fix-1: 0/250 read, 0 selected, 0 replayed, 0 failed again, 0 skipped"
+        )
+        assert lines[-1] == final and all(line.startswith("replay fix-1: ") for line in lines)
+        assert "%|" not in text
+    assert shown["none", False] == shown["none", True] == ("none", "")
+    # without tqdm: lines on a terminal, and --progress bar says what to install
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    stream = _Terminal()
+    display = ReplayDisplay("auto", stream)
+    _show_replay(display)
+    assert display.mode == "lines" and stream.getvalue().splitlines()[-1] == final
+    with pytest.raises(
+        ConfigError, match=r"--progress bar needs tqdm: pip install tqdm \(the \[cli\] extra"
+    ):
+        ReplayDisplay("bar", stream)
