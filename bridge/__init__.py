@@ -5,6 +5,8 @@ through confluent-kafka, ``MemoryTransport`` is an in-process broker for tests. 
 wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._bridge import Bridge, DeliveryFailureCallback, Remote, Stats
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
@@ -26,6 +28,27 @@ from ._outbox import Outbox
 from ._routes import Route
 from ._transport import Consumer, Producer, Record, Transport
 
+if TYPE_CHECKING:
+    from ._sql_outbox import SqlOutbox, outbox_table
+
+_SQL = ("SqlOutbox", "outbox_table")  # need SQLAlchemy: imported on first use
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SQL:
+        try:
+            from . import _sql_outbox
+        except ImportError as exc:
+            raise ImportError(
+                f"bridge.{name} needs SQLAlchemy 2: pip install 'eventbus-bridge[sql]' ({exc})"
+            ) from exc
+        return getattr(_sql_outbox, name)
+    raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SQL})
+
 __all__ = [
     "Bridge",
     "BridgeError",
@@ -46,11 +69,13 @@ __all__ = [
     "Record",
     "Remote",
     "Route",
+    "SqlOutbox",
     "SqliteDedup",
     "Stats",
     "Transport",
     "TransportError",
     "current_trace",
     "load_config",
+    "outbox_table",
     "trace_context",
 ]

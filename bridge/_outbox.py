@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 import threading
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from functools import partial
 from typing import Literal
 
 from ._errors import BridgeError, ConfigError, QueueFullError, TransportError
+from ._outbox_base import BaseOutbox, pack_headers, unpack_headers
 from ._transport import DeliveryCallback, Producer, Record
 
 log = logging.getLogger("bridge.outbox")
@@ -43,34 +43,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 )
 """
 _INSERT = "INSERT INTO outbox (topic, key, value, headers) VALUES (?, ?, ?, ?)"
-_U32 = struct.Struct(">I")
 _DELETE_BATCH = 2000  # delete delivered rows once this many are delivered,
 _DELETE_INTERVAL = 0.05  # or this many seconds after the last delete
 _SMALL_BATCH = 64  # after producing fewer rows than this, the relay waits
 _LINGER = 0.002  # this many seconds for more to collect
 _Row = tuple[str, bytes | None, bytes, bytes]
-
-
-def _pack_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
-    """Length-prefixed ``name, value`` pairs (names UTF-8), so any bytes round-trip."""
-    parts: list[bytes] = []
-    for name, value in headers:
-        raw = name.encode()
-        parts += (_U32.pack(len(raw)), raw, _U32.pack(len(value)), bytes(value))
-    return b"".join(parts)
-
-
-def _unpack_headers(blob: bytes) -> list[tuple[str, bytes]]:
-    headers: list[tuple[str, bytes]] = []
-    pos = 0
-    while pos < len(blob):
-        (n,) = _U32.unpack_from(blob, pos)
-        name = blob[pos + 4 : pos + 4 + n].decode()
-        pos += 4 + n
-        (n,) = _U32.unpack_from(blob, pos)
-        headers.append((name, blob[pos + 4 : pos + 4 + n]))
-        pos += 4 + n
-    return headers
 
 
 class _Batch:
@@ -84,7 +61,7 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class Outbox:
+class Outbox(BaseOutbox):
     """A SQLite-backed queue of outbound records with a relay thread that produces them.
 
     ``path``: the database file (created if missing). ``max_events``: the most
@@ -173,7 +150,7 @@ class Outbox:
         ``full_timeout`` seconds, then raises ``QueueFullError``. Raises ``BridgeError``
         if the database cannot be written (disk full) and after ``stop``.
         """
-        row: _Row = (topic, key, bytes(value), _pack_headers(headers))
+        row: _Row = (topic, key, bytes(value), pack_headers(headers))
         with self._cond:
             self._wait_for_room()
             batch = self._batch
@@ -408,7 +385,7 @@ class _Relay:
         for row_id, topic, key, value, headers in rows:
             try:
                 self.producer.produce(
-                    topic, value, key, _unpack_headers(headers), partial(self._report, row_id)
+                    topic, value, key, unpack_headers(headers), partial(self._report, row_id)
                 )
             except TransportError as exc:  # queue full or producer closed: try again later
                 log.warning("outbox %s: cannot produce record %d: %s", box.path, row_id, exc)
