@@ -5,7 +5,7 @@ through confluent-kafka, ``MemoryTransport`` is an in-process broker for tests. 
 wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._bridge import Bridge, DeliveryFailureCallback, Remote, Stats
 from ._codec import MsgpackCodec
@@ -28,13 +28,13 @@ from ._outbox import Outbox
 from ._routes import Route
 from ._transport import Consumer, Producer, Record, Transport
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._sql_outbox import SqlOutbox, outbox_table
 
 _SQL = ("SqlOutbox", "outbox_table")  # need SQLAlchemy: imported on first use
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _SQL:
         try:
             from . import _sql_outbox
