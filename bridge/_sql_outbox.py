@@ -41,14 +41,16 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._errors import BridgeError, ConfigError, TransportError
-from ._outbox_base import BaseOutbox, pack_headers, unpack_headers
+from ._outbox_base import BaseOutbox
 from ._transport import DeliveryCallback, Producer, Record
 
 if TYPE_CHECKING:
@@ -59,6 +61,15 @@ log = logging.getLogger("bridge.sql_outbox")
 __all__ = ["SqlOutbox", "outbox_table"]
 
 _Row = dict[str, Any]
+
+
+def _pack(headers: list[tuple[str, bytes]]) -> bytes:
+    """Headers as a msgpack array of ``[name, value]`` pairs (read back in C, not Python)."""
+    return msgpack.packb(headers, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(blob: bytes) -> tuple[tuple[str, bytes], ...]:
+    return msgpack.unpackb(blob, use_list=False, raw=False)  # type: ignore[no-any-return]
 
 
 def outbox_table(
@@ -107,6 +118,54 @@ def notify_ddl(name: str, schema: str | None = None) -> list[str]:
     ]
 
 
+_PENDING = "eventbus.sql_outbox"  # session.info key: {outbox: [(transaction, row), ...]}
+_listening = False
+_listening_lock = threading.Lock()
+
+
+def _listen_to_sessions() -> None:
+    """Listen once, on the ``Session`` class (so on every session, the sync sessions of
+    ``AsyncSession`` too): cheaper than per-session listeners, and a session that never
+    emitted pays one dict lookup per transaction event."""
+    global _listening
+    with _listening_lock:
+        if not _listening:
+            event.listen(Session, "before_commit", _before_commit)
+            event.listen(Session, "after_commit", _after_commit)
+            event.listen(Session, "after_soft_rollback", _after_rollback)
+            event.listen(Session, "after_transaction_end", _after_transaction_end)
+            _listening = True
+
+
+def _before_commit(session: Session) -> None:
+    pending: dict[SqlOutbox, list[tuple[Any, _Row]]] | None = session.info.get(_PENDING)
+    if not pending or session.in_nested_transaction():
+        return  # nothing emitted, or a savepoint is released: its rows wait for the outer commit
+    del session.info[_PENDING]
+    for outbox, rows in pending.items():
+        if rows:
+            session.connection().execute(outbox._insert, [row for _, row in rows])
+    session.info[(_PENDING, "wrote")] = list(pending)
+
+
+def _after_commit(session: Session) -> None:
+    wrote: list[SqlOutbox] | None = session.info.pop((_PENDING, "wrote"), None)
+    for outbox in wrote or ():
+        outbox._wake.set()
+
+
+def _after_rollback(session: Session, previous: SessionTransaction) -> None:
+    pending: dict[SqlOutbox, list[tuple[Any, _Row]]] | None = session.info.get(_PENDING)
+    for rows in (pending or {}).values():
+        rows[:] = [(txn, row) for txn, row in rows if not _within(txn, previous)]
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost ended: nothing of it may stay
+        session.info.pop(_PENDING, None)
+        session.info.pop((_PENDING, "wrote"), None)
+
+
 class _SessionBinding:
     """Emits into a session: rows wait in ``session.info`` for its outermost commit."""
 
@@ -118,11 +177,12 @@ class _SessionBinding:
 
     def add(self, row: _Row) -> None:
         session = self.session
-        key = self.outbox._info_key
-        rows: list[tuple[SessionTransaction | None, _Row]] | None = session.info.get(key)
+        pending = session.info.get(_PENDING)
+        if pending is None:
+            pending = session.info[_PENDING] = {}
+        rows = pending.get(self.outbox)
         if rows is None:
-            rows = session.info[key] = []
-            self.outbox._watch(session)
+            rows = pending[self.outbox] = []
         # The innermost transaction: a rollback of it (or of one around it) drops the row.
         rows.append((session.get_nested_transaction() or session.get_transaction(), row))
 
@@ -200,8 +260,7 @@ class SqlOutbox(BaseOutbox):
         """Records whose delivery failed and that the relay sends again (relay thread)."""
         self.leading = False
         """True while this relay holds the lead (always, once running, on SQLite)."""
-        self._insert = self.table.insert()
-        self._info_key = ("eventbus-outbox", id(self))
+        self._insert = self.table.insert().inline()  # no RETURNING: an emit needs no id
         self._bound: contextvars.ContextVar[_SessionBinding | _ConnectionBinding | None] = (
             contextvars.ContextVar(f"outbox-{table}", default=None)
         )
@@ -209,6 +268,7 @@ class SqlOutbox(BaseOutbox):
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
+        _listen_to_sessions()
         if create_table:
             try:
                 self.table.create(self.engine, checkfirst=True)
@@ -263,41 +323,8 @@ class SqlOutbox(BaseOutbox):
                 "belongs to (the event was not stored)"
             )
         binding.add(
-            {"topic": topic, "key": key, "value": bytes(value), "headers": pack_headers(headers)}
+            {"topic": topic, "key": key, "value": bytes(value), "headers": _pack(list(headers))}
         )
-
-    def _watch(self, session: Session) -> None:
-        """Listen to this session's transaction events (once per session and outbox)."""
-        flag = (*self._info_key, "watched")
-        if session.info.get(flag):
-            return
-        session.info[flag] = True
-        event.listen(session, "before_commit", self._before_commit)
-        event.listen(session, "after_commit", self._after_commit)
-        event.listen(session, "after_soft_rollback", self._after_rollback)
-        event.listen(session, "after_transaction_end", self._after_transaction_end)
-
-    def _before_commit(self, session: Session) -> None:
-        if session.in_nested_transaction():
-            return  # a savepoint is released: its rows now wait for the outer commit
-        rows = session.info.pop(self._info_key, None)
-        if rows:
-            session.connection().execute(self._insert, [row for _, row in rows])
-            session.info[(*self._info_key, "wrote")] = True
-
-    def _after_commit(self, session: Session) -> None:
-        if session.info.pop((*self._info_key, "wrote"), False):
-            self._wake.set()
-
-    def _after_rollback(self, session: Session, previous: SessionTransaction) -> None:
-        rows = session.info.get(self._info_key)
-        if rows:
-            rows[:] = [(txn, row) for txn, row in rows if not _within(txn, previous)]
-
-    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None:  # the outermost ended: nothing of it may stay
-            session.info.pop(self._info_key, None)
-            session.info.pop((*self._info_key, "wrote"), None)
 
     # -- the relay ----------------------------------------------------------------------
 
@@ -343,7 +370,11 @@ class _Relay:
             .order_by(table.c.id)
             .limit(box.batch_size)
         )
-        self.delete = table.delete().where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+        if box.postgres:  # one array parameter: cheaper than thousands of IN parameters
+            ids = sa.bindparam("ids", type_=ARRAY(sa.BigInteger()))
+            self.delete = table.delete().where(table.c.id == sa.any_(ids))
+        else:
+            self.delete = table.delete().where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
         self.delivered: list[int] = []  # ids delivered, not yet deleted
         self.backoff = box.retry_backoff
         self._cond = threading.Condition()
@@ -381,6 +412,10 @@ class _Relay:
                 return
             box.leading = True
             if box.postgres:
+                # A lost delete (the server crashed before flushing it) only means the
+                # row is sent again, which at-least-once allows: the relay's commits need
+                # not wait for the WAL flush, nor compete with the application's.
+                conn.exec_driver_sql("SET synchronous_commit TO off")
                 conn.exec_driver_sql(f'LISTEN "{box.table.name}"')
             log.info("outbox %s: relay leading", box.table.name)
             self._serve(conn)
@@ -456,7 +491,7 @@ class _Relay:
         for row_id, topic, key, value, headers in rows:
             try:
                 self.producer.produce(
-                    topic, value, key, unpack_headers(headers), partial(self._report, row_id)
+                    topic, value, key, _unpack(headers), partial(self._report, row_id)
                 )
             except TransportError as exc:  # queue full or producer closed: later
                 log.warning("outbox %s: cannot produce row %d: %s", box.table.name, row_id, exc)
