@@ -49,6 +49,7 @@ def __getattr__(name: str) -> _typing.Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_SQL})
 
+
 __all__ = [
     "Bridge",
     "BridgeError",

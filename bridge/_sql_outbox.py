@@ -41,7 +41,6 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -49,6 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
+from ._codec import headers_from_msgpack, headers_to_msgpack
 from ._errors import BridgeError, ConfigError, TransportError
 from ._outbox_base import BaseOutbox
 from ._transport import DeliveryCallback, Producer, Record
@@ -61,15 +61,6 @@ log = logging.getLogger("bridge.sql_outbox")
 __all__ = ["SqlOutbox", "outbox_table"]
 
 _Row = dict[str, Any]
-
-
-def _pack(headers: list[tuple[str, bytes]]) -> bytes:
-    """Headers as a msgpack array of ``[name, value]`` pairs (read back in C, not Python)."""
-    return msgpack.packb(headers, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def _unpack(blob: bytes) -> tuple[tuple[str, bytes], ...]:
-    return msgpack.unpackb(blob, use_list=False, raw=False)  # type: ignore[no-any-return]
 
 
 def outbox_table(
@@ -102,7 +93,8 @@ def outbox_table(
         sqlite_autoincrement=True,  # ids never reused, even after the table empties
     )
     for statement in notify_ddl(name, schema):
-        event.listen(table, "after_create", sa.DDL(statement).execute_if(dialect="postgresql"))
+        ddl = sa.DDL(statement).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
+        event.listen(table, "after_create", ddl)
     return table
 
 
@@ -119,7 +111,7 @@ def notify_ddl(name: str, schema: str | None = None) -> list[str]:
 
 
 _PENDING = "eventbus.sql_outbox"  # session.info key: {outbox: [(transaction, row), ...]}
-_listening = False
+_listening: list[bool] = []  # [True] once the listeners are registered
 _listening_lock = threading.Lock()
 
 
@@ -127,14 +119,13 @@ def _listen_to_sessions() -> None:
     """Listen once, on the ``Session`` class (so on every session, the sync sessions of
     ``AsyncSession`` too): cheaper than per-session listeners, and a session that never
     emitted pays one dict lookup per transaction event."""
-    global _listening
     with _listening_lock:
         if not _listening:
             event.listen(Session, "before_commit", _before_commit)
             event.listen(Session, "after_commit", _after_commit)
             event.listen(Session, "after_soft_rollback", _after_rollback)
             event.listen(Session, "after_transaction_end", _after_transaction_end)
-            _listening = True
+            _listening.append(True)
 
 
 def _before_commit(session: Session) -> None:
@@ -177,7 +168,7 @@ class _SessionBinding:
 
     def add(self, row: _Row) -> None:
         session = self.session
-        pending = session.info.get(_PENDING)
+        pending: dict[SqlOutbox, list[tuple[Any, _Row]]] | None = session.info.get(_PENDING)
         if pending is None:
             pending = session.info[_PENDING] = {}
         rows = pending.get(self.outbox)
@@ -323,7 +314,12 @@ class SqlOutbox(BaseOutbox):
                 "belongs to (the event was not stored)"
             )
         binding.add(
-            {"topic": topic, "key": key, "value": bytes(value), "headers": _pack(list(headers))}
+            {
+                "topic": topic,
+                "key": key,
+                "value": bytes(value),
+                "headers": headers_to_msgpack(headers),
+            }
         )
 
     # -- the relay ----------------------------------------------------------------------
@@ -331,7 +327,9 @@ class SqlOutbox(BaseOutbox):
     def pending(self) -> int:
         """The number of rows in the outbox table (committed, not yet delivered)."""
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one())
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
+            )
 
     def start(self, producer: Producer, on_delivery: DeliveryCallback) -> None:
         """Start the relay thread (once). ``on_delivery(None, record)`` is called for each
@@ -484,14 +482,14 @@ class _Relay:
                 self.delivered.append(row_id)
             self._cond.notify()
 
-    def _send(self, rows: Sequence[sa.Row[Any]]) -> bool:
+    def _send(self, rows: Sequence[Any]) -> bool:
         """Produce ``rows`` and wait for their reports; True if all were delivered."""
         box = self.box
         produced = 0
         for row_id, topic, key, value, headers in rows:
             try:
                 self.producer.produce(
-                    topic, value, key, _unpack(headers), partial(self._report, row_id)
+                    topic, value, key, headers_from_msgpack(headers), partial(self._report, row_id)
                 )
             except TransportError as exc:  # queue full or producer closed: later
                 log.warning("outbox %s: cannot produce row %d: %s", box.table.name, row_id, exc)

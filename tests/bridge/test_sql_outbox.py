@@ -301,9 +301,9 @@ def test_kill_9_after_commit_before_relay_sent(
     # committed but certainly not sent when the child dies.
     with pg_engine.connect() as holder:
         holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": outbox.lock_id})
+        args = (kafka_topic, table)
         with subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(CHILD), postgres_url, kafka_bootstrap]
-            + [kafka_topic, table],
+            [sys.executable, "-c", textwrap.dedent(CHILD), postgres_url, kafka_bootstrap, *args],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("postgres_script", str(ROOT / "scripts" / "postgres"))
+    loader = importlib.machinery.SourceFileLoader(
+        "postgres_script", str(ROOT / "scripts" / "postgres")
+    )
     spec = importlib.util.spec_from_loader("postgres_script", loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
