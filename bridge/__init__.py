@@ -7,7 +7,7 @@ wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 
 import typing as _typing
 
-from ._bridge import Bridge, DeliveryFailureCallback, Remote, Stats
+from ._bridge import Bridge
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
 from ._dedup import SqliteDedup
@@ -24,8 +24,11 @@ from ._errors import (
 )
 from ._kafka import KafkaTransport
 from ._memory import MemoryTransport
+from ._outbound import DeliveryFailureCallback
 from ._outbox import Outbox
+from ._remote import Remote
 from ._routes import Route
+from ._stats import Stats
 from ._transport import Consumer, Producer, Record, Transport
 
 if _typing.TYPE_CHECKING:

@@ -160,6 +160,7 @@ BRIDGE_OPTIONS: dict[str, _Option] = {
     "ready_timeout": _float(30.0, _at_least(0)),
     "drain_timeout": _float(30.0, _at_least(0)),
     "batch_size": _int(100, _at_least(1)),
+    "concurrency": _int(1, _at_least(1)),
     "outbox": _str(None, _non_empty),
     "outbox_max_events": _int(1_000_000, _at_least(1)),
     "dedup_path": _str(None, _non_empty),
@@ -182,6 +183,7 @@ BRIDGE_CONSTRUCTOR_KEYS = (
     "ready_timeout",
     "drain_timeout",
     "batch_size",
+    "concurrency",
     "outbox",
     "outbox_max_events",
     "dedup_path",
@@ -212,6 +214,7 @@ class Config:
     ready_timeout: float = 30.0
     drain_timeout: float = 30.0
     batch_size: int = 100
+    concurrency: int = 1
     outbox: str | None = None
     outbox_max_events: int = 1_000_000
     dedup_path: str | None = None

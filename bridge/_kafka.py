@@ -397,18 +397,23 @@ class _KafkaConsumer(Consumer):
                 log.warning("finding start offsets failed, retrying: %s", exc)
 
     def _revoked_cb(self, consumer: Any, partitions: list[Any]) -> None:
-        self._commit_quietly()
-        self._give_up(consumer, partitions)
+        self._give_up(consumer, partitions, commit=True)
 
     def _lost_cb(self, consumer: Any, partitions: list[Any]) -> None:
         log.warning("partitions lost (not committed): %s", partitions)
-        self._give_up(consumer, partitions)
+        self._give_up(consumer, partitions, commit=False)
 
-    def _give_up(self, consumer: Any, partitions: list[Any]) -> None:
+    def _give_up(self, consumer: Any, partitions: list[Any], *, commit: bool) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        self._assigned -= lost
         if self._on_revoke is not None:
-            self._on_revoke(sorted(lost))
+            self._on_revoke(sorted(lost))  # may store offsets: committed just below
+        self._assigned -= lost
+        if commit:
+            self._commit_quietly()
+        try:
+            consumer.resume(partitions)  # a partition assigned again starts unpaused
+        except KafkaException as exc:
+            log.debug("resuming revoked partitions: %s", exc)
         consumer.incremental_unassign(partitions)
 
     def _commit_quietly(self) -> None:
@@ -483,6 +488,18 @@ class _KafkaConsumer(Consumer):
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 raise _translate(exc, "commit failed") from exc
+
+    def pause(self, partitions: Sequence[tuple[str, int]]) -> None:
+        try:
+            self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+        except KafkaException as exc:
+            raise _translate(exc, "pausing partitions failed") from exc
+
+    def resume(self, partitions: Sequence[tuple[str, int]]) -> None:
+        try:
+            self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+        except KafkaException as exc:
+            raise _translate(exc, "resuming partitions failed") from exc
 
     def is_ready(self) -> bool:
         return self._ready

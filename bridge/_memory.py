@@ -336,6 +336,7 @@ class _MemoryConsumer(Consumer):
         self._target: frozenset[TopicPartition] = frozenset()  # set by the broker
         self._positions: dict[TopicPartition, int] = {}  # the assignment, next offsets
         self._stored: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
         self._turn = 0
         self._ready = False
         self._closed = False
@@ -356,13 +357,14 @@ class _MemoryConsumer(Consumer):
         broker = self._broker
         with self._cond:
             revoked = sorted(tp for tp in self._positions if tp not in self._target)
+        if revoked and self._on_revoke is not None:
+            self._on_revoke(revoked)  # may store offsets: committed just below
+        with self._cond:
             if revoked:
                 self._commit_locked(revoked)
                 for tp in revoked:
                     del self._positions[tp]
-        if revoked and self._on_revoke is not None:
-            self._on_revoke(revoked)
-        with self._cond:
+                    self._paused.discard(tp)
             for tp in revoked:
                 if self._owner(tp) is self:
                     del broker._owners[(self.group, *tp)]
@@ -387,6 +389,8 @@ class _MemoryConsumer(Consumer):
         assigned = list(self._positions)
         for i in range(len(assigned)):
             tp = assigned[(self._turn + i) % len(assigned)]
+            if tp in self._paused:
+                continue
             position = self._positions[tp]
             log = self._broker._logs[tp[0]][tp[1]]
             if position < len(log):
@@ -428,6 +432,15 @@ class _MemoryConsumer(Consumer):
         with self._cond:
             self._commit_locked()
 
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        with self._cond:
+            self._paused.update(tp for tp in partitions if tp in self._positions)
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        with self._cond:
+            self._paused.difference_update(partitions)
+            self._cond.notify_all()
+
     def is_ready(self) -> bool:
         return self._ready
 
@@ -444,11 +457,13 @@ class _MemoryConsumer(Consumer):
             return
         self._closed = True
         with self._cond:
-            self._commit_locked()
             revoked = sorted(self._positions)
-            self._positions.clear()
         if revoked and self._on_revoke is not None:
-            self._on_revoke(revoked)
+            self._on_revoke(revoked)  # may store offsets: committed just below
+        with self._cond:
+            self._commit_locked()
+            self._positions.clear()
+            self._paused.clear()
         broker = self._broker
         with self._cond:
             for tp in revoked:

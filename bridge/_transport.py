@@ -131,6 +131,17 @@ class Consumer(ABC):
         """Commit the stored offsets now (synchronously). No-op when nothing is stored."""
 
     @abstractmethod
+    def pause(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Stop fetching ``partitions``: ``consume`` returns none of their records (not
+        even ones already fetched) until ``resume``; rebalance callbacks still run. The
+        position is kept: after ``resume`` the next record is the one after the last
+        returned. Assigned partitions only; a revoked partition forgets its pause."""
+
+    @abstractmethod
+    def resume(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Fetch ``partitions`` again (see ``pause``)."""
+
+    @abstractmethod
     def is_ready(self) -> bool:
         """True once the first assignment is complete and every assigned partition has a
         start position (so a record produced from now on will be read)."""
@@ -177,10 +188,12 @@ class Transport(ABC):
 
         A partition with no committed offset starts at its end when it is assigned
         (at its beginning with ``from_beginning``, or when ``auto.offset.reset`` says
-        ``earliest``); either way the position is
-        fixed, and committed, before ``is_ready()`` turns true, so nothing produced after
-        that is missed, even by a member that restarts before committing anything.
-        ``on_revoke`` runs after stored offsets of the revoked partitions were committed.
+        ``earliest``); either way the position is fixed, and committed, before
+        ``is_ready()`` turns true, so nothing produced after that is missed, even by a
+        member that restarts before committing anything. ``on_revoke`` runs before the
+        stored offsets of the revoked partitions are committed (on revocation and on
+        ``close``), so offsets it stores are committed too; for partitions lost without a
+        revocation (a session that expired) nothing is committed.
         """
 
     @abstractmethod

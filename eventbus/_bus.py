@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import itertools
 import logging
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
 
@@ -293,6 +295,51 @@ class EventBus:
             failures = self._run_foreign(slot, sender, checked, failures)
         return failures or []
 
+    async def dispatch_async(
+        self,
+        name: str,
+        sender: Any,
+        payload: Mapping[str, Any],
+        *,
+        executor: Executor | None = None,
+    ) -> list[HandlerFailure]:
+        """Like ``dispatch``, on the running event loop: async handlers are awaited there.
+
+        Sync handlers run on ``executor`` (so that they never block the loop), with the
+        caller's context variables, or inline when it is None. Handlers run one after
+        another, in registration order. The failures' ``retry()`` returns an awaitable
+        that runs the handler again the same way.
+        """
+        slot, checked, _ = self._prepare(name, payload)
+        if self._muted or slot.signal.is_muted:
+            return []
+        loop = asyncio.get_running_loop()
+        failures: list[HandlerFailure] = []
+        cache: list[Any] = [None]
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], bool, Callable[..., Any], str]] = [
+            (self._call, (sub, slot.name, sender, checked, cache), sub.is_async, sub.fn, "handler")
+            for _fn, _plain, only, sub in slot.entries
+            if only is None or only() is sender
+        ]
+        calls += [
+            (
+                _call_receiver,
+                (receiver, sender, checked),
+                inspect.iscoroutinefunction(receiver),
+                receiver,
+                "receiver",
+            )
+            for receiver in self._foreign(slot, sender)
+        ]
+        for call, args, is_async, fn, kind in calls:
+            run = _async_runner(loop, executor, call, args, is_async)
+            try:
+                await run()
+            except Exception as exc:
+                exc.add_note(f"in {kind} {handler_name(fn)} for event {slot.name!r}")
+                failures.append(HandlerFailure(slot.name, fn, exc, run))
+        return failures
+
     # -- testing helpers -----------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -550,6 +597,35 @@ def _check_target(target: object) -> str:
         compile_pattern(target)
         return target
     return check_name(target)
+
+
+def _call_receiver(receiver: Callable[..., Any], sender: Any, payload: Mapping[str, Any]) -> Any:
+    return receiver(sender, **payload)
+
+
+def _async_runner(
+    loop: asyncio.AbstractEventLoop,
+    executor: Executor | None,
+    call: Callable[..., Any],
+    args: tuple[Any, ...],
+    is_async: bool,
+) -> Callable[[], Awaitable[Any]]:
+    """A no-argument coroutine function that calls a handler once, the way
+    ``dispatch_async`` runs it: awaited on the loop, on ``executor``, or inline."""
+
+    async def run() -> Any:
+        if is_async:
+            return await call(*args)
+        if executor is None:
+            result = call(*args)
+        else:
+            context = contextvars.copy_context()
+            result = await loop.run_in_executor(executor, context.run, call, *args)
+        if inspect.isawaitable(result):  # a sync function that returned an awaitable
+            result = await result
+        return result
+
+    return run
 
 
 def _run_coroutine(result: Awaitable[Any]) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge import _bridge
-from bridge._bridge import _Dedup
+from bridge._dedup import MemoryDedup as _Dedup
 
 
 class Clock:

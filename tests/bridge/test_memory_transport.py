@@ -232,29 +232,29 @@ def test_store_of_a_revoked_partition_is_ignored():
     assert transport.broker.committed("g", "t", 0) == 0  # the start, committed at assignment
 
 
-def test_revocation_commits_stored_offsets_before_on_revoke():
+def test_revocation_commits_offsets_stored_before_and_during_on_revoke():
     transport = MemoryTransport()
     transport.ensure_topics(["t"], 2)
-    committed_when_revoked: list[int | None] = []
+    stored_in_revoke: list[Record] = []
     one = transport.consumer(
-        "g",
-        ["t"],
-        on_revoke=lambda ps: committed_when_revoked.append(transport.broker.committed("g", "t", 1)),
+        "g", ["t"], on_revoke=lambda ps: [one.store(r) for r in stored_in_revoke]
     )
     assert one.poll(0) is None
     producer = transport.producer()
-    for value in (b"p0-a", b"p1-a", b"p0-b", b"p1-b"):  # keyless: round-robin
+    for value in (b"p0-a", b"p1-a", b"p0-b", b"p1-b", b"p0-c", b"p1-c"):  # round-robin
         producer.produce("t", value)
-    read = [one.poll(1) for _ in range(4)]
-    [p1_a] = [r for r in read if r is not None and r.value == b"p1-a"]
-    one.store(p1_a)
+    read = [one.poll(1) for _ in range(6)]
+    p1 = [r for r in read if r is not None and r.partition == 1]
+    assert [r.value for r in p1] == [b"p1-a", b"p1-b", b"p1-c"]
+    one.store(p1[0])
+    stored_in_revoke.append(p1[1])  # finished while the partition was being revoked
 
     two = transport.consumer("g", ["t"])  # joining moves partition 1 to two
     assert two.poll(0) is None
     assert one.poll(0) is None  # one gives partition 1 up (not closed)
     record = two.poll(1)
 
-    assert committed_when_revoked == [1]
+    assert transport.broker.committed("g", "t", 1) == 2
     assert two.assignment() == [("t", 1)]
     assert record is not None
-    assert record.value == b"p1-b"
+    assert record.value == b"p1-c"

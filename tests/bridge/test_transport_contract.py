@@ -436,3 +436,47 @@ def test_failures_only_producer_reports_failures_and_nothing_else(transport, new
     assert (record.topic, record.offset, record.key, record.value) == (topic, -1, b"k2", b"lost")
     assert record.headers == ()  # failure reports of this producer carry no headers
     assert failing.in_flight() == 0
+
+
+def test_pause_stops_a_partition_and_resume_continues_after_the_last_record(
+    new_topic, producer, consumers
+):
+    topic = new_topic(2)
+    key = keys_per_partition(producer, topic, 2)
+    consumer = consumers(group_id(), [topic])
+    ready(consumer)
+    produce_all(producer, topic, [(key[0], b"a0"), (key[1], b"b0")])
+    read_until(consumer, lambda rs: len(rs) >= 2, "one record of each partition")
+
+    consumer.pause([(topic, 0)])
+    items = [(key[0], b"a%d" % n) for n in range(1, 4)] + [(key[1], b"b1"), (key[1], b"end")]
+    produce_all(producer, topic, items)
+    while_paused = read_until(consumer, lambda rs: b"end" in values(rs), "the sentinel")
+    assert values(while_paused) == [b"b1", b"end"]  # nothing of the paused partition
+
+    consumer.resume([(topic, 0)])
+    after = read_until(consumer, lambda rs: len(rs) >= 3, "the paused partition's records")
+    assert values(after) == [b"a1", b"a2", b"a3"]  # none skipped, none repeated
+
+
+def test_offsets_stored_in_on_revoke_are_committed(new_topic, producer, consumers):
+    topic, group = new_topic(1), group_id()
+    holder: list[Consumer] = []
+    read: list[Record] = []
+    revoked: list[list[tuple[str, int]]] = []
+
+    def on_revoke(partitions: list[tuple[str, int]]) -> None:
+        revoked.append(partitions)
+        holder[0].store(read[0])  # finished during the revocation: must be committed
+
+    one = consumers(group, [topic], on_revoke=on_revoke)
+    holder.append(one)
+    ready(one)
+    produce_all(producer, topic, [(None, b"first"), (None, b"second")])
+    read.extend(read_until(one, lambda rs: len(rs) >= 2, "two records"))
+    one.close()
+    assert revoked == [[(topic, 0)]]
+
+    two = consumers(group, [topic])
+    again = read_until(two, lambda rs: len(rs) >= 1, "the record not committed")
+    assert values(again) == [b"second"]

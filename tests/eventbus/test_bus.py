@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import blinker
@@ -402,3 +404,47 @@ def test_any_is_blinkers_any() -> None:
 def test_repr(bus: EventBus) -> None:
     bus.on("a.b")(lambda s: None)
     assert "handlers=1" in repr(bus)
+
+
+def test_dispatch_async_awaits_async_handlers_and_runs_sync_ones_on_the_executor() -> None:
+    bus = EventBus()
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    order: list[str] = []
+    threads: dict[str, int] = {}
+
+    @bus.on("a.b")
+    async def first(sender: object, *, n: int) -> None:
+        await asyncio.sleep(0)
+        threads["first"] = threading.get_ident()
+        order.append("first")
+
+    @bus.on("a.b")
+    def second(sender: object, *, n: int) -> None:
+        threads["second"] = threading.get_ident()
+        order.append(f"second {var.get()}")
+        raise ValueError("boom")
+
+    async def main() -> None:
+        var.set("carried")
+        with ThreadPoolExecutor(1) as pool:
+            failures = await bus.dispatch_async("a.b", None, {"n": 1}, executor=pool)
+            assert [f.handler for f in failures] == [second]
+            assert "in handler" in str(failures[0].exception.__notes__)
+            with pytest.raises(ValueError, match="boom"):
+                await failures[0].retry()  # awaitable, on the executor again
+        threads["loop"] = threading.get_ident()
+
+    asyncio.run(main())
+    assert order == ["first", "second carried", "second carried"]
+    assert threads["first"] == threads["loop"] != threads["second"]
+
+
+def test_dispatch_async_without_executor_runs_sync_handlers_inline_and_validates() -> None:
+    bus = EventBus()
+    got: list[int] = []
+    bus.on("a.b")(lambda sender, *, n: got.append(n))
+    assert asyncio.run(bus.dispatch_async("a.b", None, {"n": 2})) == []
+    assert got == [2]
+    with bus.muted():
+        assert asyncio.run(bus.dispatch_async("a.b", None, {"n": 3})) == []
+    assert got == [2]

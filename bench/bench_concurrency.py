@@ -1,0 +1,159 @@
+"""I/O-bound inbound handlers on a real Kafka broker (KAFKA_BOOTSTRAP): concurrency=16 vs 1.
+
+    python bench/bench_concurrency.py [--records 2000] [--keys 16] [--latency 0.005]
+
+One topic of one partition holds ``records`` events over ``keys`` keys. A handler that
+waits ``latency`` seconds (``time.sleep`` for the sync handler, ``await asyncio.sleep``
+for the async one, on the application's event loop via ``async with bridge``) handles
+them, with ``concurrency=1`` and ``concurrency=16`` in the same run. Printed: events/s of
+each and the ratio (target >= 12). Each run checks that every key's events arrived in
+the order they were emitted, and that every event was handled once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bridge import Bridge, KafkaTransport, Route
+from eventbus import EventBus
+
+
+def bootstrap() -> str:
+    address = os.environ.get("KAFKA_BOOTSTRAP")
+    if not address:
+        sys.exit("set KAFKA_BOOTSTRAP (scripts/kafka start prints it)")
+    return address
+
+
+def fill(topic: str, records: int, keys: int) -> None:
+    bus = EventBus()
+    with Bridge(
+        bus,
+        transport=KafkaTransport({"bootstrap.servers": bootstrap()}),
+        service="filler",
+        routes=[Route.outbound("job.*", topic=topic, key="key")],
+    ) as bridge:
+        for seq in range(records):
+            bus.emit("job.done", key=seq % keys, seq=seq)
+        while bridge.stats.produced < records:
+            time.sleep(0.01)
+
+
+class Seen:
+    """What the handlers saw: per key, the sequence numbers in handling order."""
+
+    def __init__(self, records: int) -> None:
+        self.records = records
+        self.lock = threading.Lock()
+        self.by_key: dict[int, list[int]] = {}
+        self.count = 0
+        self.first = self.last = 0.0
+
+    def add(self, key: int, seq: int) -> None:
+        with self.lock:
+            now = time.perf_counter()
+            if not self.count:
+                self.first = now
+            self.count += 1
+            self.last = now
+            self.by_key.setdefault(key, []).append(seq)
+
+    def check(self, keys: int) -> None:
+        assert self.count == self.records, f"handled {self.count} of {self.records}"
+        for key, seqs in self.by_key.items():
+            assert seqs == list(range(key, self.records, keys)), f"key {key} out of order"
+
+
+def bridge_for(bus: EventBus, topic: str, concurrency: int) -> Bridge:
+    transport = KafkaTransport({"bootstrap.servers": bootstrap(), "auto.offset.reset": "earliest"})
+    return Bridge(
+        bus,
+        transport=transport,
+        service=f"bench-{uuid.uuid4()}",
+        routes=[Route.inbound("job.*", topic=topic)],
+        create_topics=False,
+        concurrency=concurrency,
+    )
+
+
+def run_sync(topic: str, records: int, keys: int, latency: float, concurrency: int) -> float:
+    bus, seen = EventBus(), Seen(records)
+
+    @bus.on("job.done")
+    def handle(sender: Any, *, key: int, seq: int) -> None:
+        time.sleep(latency)
+        seen.add(key, seq)
+
+    with bridge_for(bus, topic, concurrency):
+        deadline = time.monotonic() + 600
+        while seen.count < records and time.monotonic() < deadline:
+            time.sleep(0.01)
+    seen.check(keys)
+    return (records - 1) / (seen.last - seen.first)
+
+
+def run_async(topic: str, records: int, keys: int, latency: float, concurrency: int) -> float:
+    bus, seen = EventBus(), Seen(records)
+
+    @bus.on("job.done")
+    async def handle(sender: Any, *, key: int, seq: int) -> None:
+        await asyncio.sleep(latency)
+        seen.add(key, seq)
+
+    async def app() -> None:
+        async with bridge_for(bus, topic, concurrency):
+            deadline = time.monotonic() + 600
+            while seen.count < records and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(app())
+    seen.check(keys)
+    return (records - 1) / (seen.last - seen.first)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--keys", type=int, default=16)
+    parser.add_argument("--latency", type=float, default=0.005)
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    topic = f"bench-io-{uuid.uuid4().hex[:8]}"
+    KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([topic], 1)
+    fill(topic, args.records, args.keys)
+    results = []
+    for kind, run in (("sync", run_sync), ("async", run_async)):
+        one = run(topic, args.records, args.keys, args.latency, 1)
+        many = run(topic, args.records, args.keys, args.latency, 16)
+        results.append(
+            {
+                "bench": f"io-bound {kind}",
+                "records": args.records,
+                "keys": args.keys,
+                "latency_ms": args.latency * 1000,
+                "concurrency_1_eps": one,
+                "concurrency_16_eps": many,
+                "ratio": many / one,
+                "target": 12,
+            }
+        )
+    for r in results:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

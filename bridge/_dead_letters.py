@@ -1,0 +1,166 @@
+"""Dead letters: inbound records that could not be handled, with the reason, on a topic.
+
+A dead letter keeps the original key, value and headers and adds ``eventbus-dlq-*``
+headers (reason, error, topic, partition, offset, attempts, service, handler). Its
+delivery is confirmed before the original record's offset may be stored, so a record
+is never committed unless it was handled or its dead letter is safely on the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from eventbus import HandlerFailure, handler_name
+
+from ._envelope import DLQ_PREFIX
+from ._errors import TransportError
+from ._transport import Producer, Record, Transport
+
+log = logging.getLogger("bridge")
+
+
+class DeadLetter:
+    """A record on its way to a dead-letter topic, and the outcome of its delivery."""
+
+    __slots__ = ("delivered", "error", "headers", "record", "topic")
+
+    def __init__(self, record: Record, topic: str, headers: list[tuple[str, bytes]]) -> None:
+        self.record = record
+        self.topic = topic
+        self.headers = headers
+        self.delivered = threading.Event()
+        self.error: Exception | None = None
+
+    def reset(self) -> None:
+        self.delivered = threading.Event()
+        self.error = None
+
+    def report(self, error: Exception | None, _record: Record) -> None:
+        # Runs in whichever thread serves the producer's delivery reports.
+        self.error = error
+        self.delivered.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True once delivered; False if it failed or no report came within ``timeout``."""
+        return self.delivered.wait(timeout) and self.error is None
+
+
+class DeadLetters:
+    """Produces dead letters and confirms their delivery, retrying failed ones.
+
+    Dead letters go through ``shared`` (a producer that reports every delivery, owned by
+    someone else) when given, else through a producer of ``transport``'s made at the
+    first dead letter and closed by ``close``. Thread safe: any inbound worker may send
+    and confirm.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        transport: Transport,
+        shared: Producer | None,
+        *,
+        drain_timeout: float,
+        backoff: float,
+        max_backoff: float,
+        stopping: threading.Event,
+    ) -> None:
+        self.service = service
+        self._transport = transport
+        self._shared = shared
+        self._producer: Producer | None = shared
+        self._lock = threading.Lock()
+        self.drain_timeout = drain_timeout
+        self.backoff = backoff or 0.1
+        self.max_backoff = max_backoff
+        self._stopping = stopping
+
+    def letter(
+        self,
+        record: Record,
+        topic: str,
+        reason: str,
+        error: str,
+        failure: HandlerFailure | None,
+        attempts: int,
+    ) -> DeadLetter:
+        """Build the dead letter of ``record`` and produce it, without waiting."""
+        headers = [
+            *record.headers,
+            (DLQ_PREFIX + "reason", reason.encode(errors="replace")[:4096]),
+            (DLQ_PREFIX + "error", error.encode()),
+            (DLQ_PREFIX + "topic", record.topic.encode()),
+            (DLQ_PREFIX + "partition", str(record.partition).encode()),
+            (DLQ_PREFIX + "offset", str(record.offset).encode()),
+            (DLQ_PREFIX + "attempts", str(attempts).encode()),
+            (DLQ_PREFIX + "service", self.service.encode()),
+        ]
+        if failure is not None:
+            headers.append((DLQ_PREFIX + "handler", handler_name(failure.handler).encode()))
+        log.warning(
+            "bridge %s: dead-lettering %s to %s: %s", self.service, where(record), topic, reason
+        )
+        letter = DeadLetter(record, topic, headers)
+        self._send(letter)
+        return letter
+
+    def _producer_now(self) -> Producer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = self._transport.producer()
+            return self._producer
+
+    def _send(self, letter: DeadLetter) -> None:
+        producer = self._producer_now()
+        letter.reset()
+        try:
+            producer.produce(
+                letter.topic,
+                letter.record.value or b"",
+                letter.record.key,
+                letter.headers,
+                letter.report,
+            )
+        except TransportError as exc:
+            letter.report(exc, letter.record)
+
+    def confirm(self, letters: list[DeadLetter]) -> tuple[int, set[tuple[str, int]]]:
+        """Wait until ``letters`` are delivered, resending failed ones with backoff.
+
+        Returns how many were delivered, and the partitions whose dead letters could not
+        be confirmed because the bridge is stopping: their offsets must not be stored
+        (the records come again).
+        """
+        producer = self._producer_now()
+        delivered = 0
+        delay = self.backoff
+        while letters:
+            producer.flush(self.drain_timeout)
+            failed = [letter for letter in letters if not letter.wait(self.drain_timeout)]
+            delivered += len(letters) - len(failed)
+            if not failed:
+                break
+            log.error(
+                "bridge %s: %d dead letter(s) not delivered (%s); retrying",
+                self.service,
+                len(failed),
+                failed[0].error or "no delivery report",
+            )
+            if self._stopping.wait(delay):
+                return delivered, {(f.record.topic, f.record.partition) for f in failed}
+            delay = min(delay * 2, self.max_backoff)
+            for letter in failed:
+                self._send(letter)
+            letters = failed
+        return delivered, set()
+
+    def close(self, timeout: float) -> None:
+        """Flush and close the producer made for dead letters, if one was."""
+        if self._producer is not None and self._producer is not self._shared:
+            self._producer.close(timeout)
+
+
+def where(record: Record) -> str:
+    """``topic[partition]@offset``, for log lines."""
+    return f"{record.topic}[{record.partition}]@{record.offset}"

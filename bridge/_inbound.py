@@ -1,0 +1,651 @@
+"""The inbound direction: records from Kafka to the bus's handlers, at least once.
+
+The walk of a record: the consumer thread reads it (``_consume``); ``_prepare`` decodes
+it and drops echoes of this bridge, unrouted types and duplicates; the handlers run
+(``bus.dispatch``, or ``bus.dispatch_async`` on the application's event loop) with a
+``Remote`` sender; the handlers that failed are retried with backoff, and what still
+fails is dead-lettered; only then does the record's offset count as done.
+
+With ``concurrency=1`` (the default) the consumer thread does all of it, one record after
+another, and stores each partition's offset once per batch. With ``concurrency=N``, up to
+N records are handled at once on a worker pool (or as tasks on the event loop): records
+with the same key (or, without a key, of the same partition) one at a time and in order,
+different keys in parallel. The consumer thread then stores, per partition, only the
+offset below which every record is done (the watermark), and pauses fetching while too
+many records wait. A record is never committed unless every handler saw it or its dead
+letter is on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeAlias
+
+from eventbus import EventBus, HandlerFailure, PayloadError
+
+from ._codec import MsgpackCodec
+from ._dead_letters import DeadLetter, DeadLetters, where
+from ._dedup import DedupStore
+from ._envelope import Envelope, read_envelope, trace_context
+from ._errors import DecodeError
+from ._remote import Remote
+from ._routes import Route
+from ._stats import Stats
+from ._transport import Consumer, Record
+
+log = logging.getLogger("bridge")
+
+# What happened to a record (an index into the counters), or the dead letter it became.
+HANDLED, ECHO, UNROUTED, DUPLICATE, DEAD_LETTERED, NOT_DONE = range(6)
+"""``NOT_DONE``: the bridge stopped before the record was done; it is redelivered."""
+Outcome: TypeAlias = int | DeadLetter
+_COUNTERS = ("handled", "echoes", "unrouted", "duplicates", "dead_lettered")
+
+Partition: TypeAlias = tuple[str, int]
+PAUSE_AFTER = 1.0
+"""Seconds the handlers may keep the scheduler full before fetching is paused."""
+_Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote]
+_new_remote = tuple.__new__
+
+
+class Inbound:
+    """Consumes the inbound ``routes`` of one bridge and runs the bus's handlers.
+
+    ``loop``: an asyncio event loop to run the handlers on (async handlers awaited
+    there, sync ones on the worker pool); None runs them on threads.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        consumer: Consumer,
+        service: str,
+        bridge_id: str,
+        routes: Sequence[Route],
+        codec: MsgpackCodec,
+        dedup: DedupStore,
+        dead_letters: DeadLetters,
+        stats: Stats,
+        stats_lock: threading.Lock,
+        max_attempts: int,
+        backoff: float,
+        max_backoff: float,
+        unrouted: Literal["skip", "dlq"],
+        batch_size: int,
+        concurrency: int,
+        drain_timeout: float,
+        stopping: threading.Event,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.bus = bus
+        self.consumer = consumer
+        self.service = service
+        self.bridge_id = bridge_id
+        self.routes = tuple(r for r in routes if r.is_inbound)
+        self.codec = codec
+        self.dedup = dedup
+        self.dead_letters = dead_letters
+        self._stats = stats
+        self._stats_lock = stats_lock
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.unrouted = unrouted
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.drain_timeout = drain_timeout
+        self.loop = loop
+        self._cache: dict[tuple[str, str], Route | None] = {}
+        self._thread: threading.Thread | None = None
+        self.stopping = stopping
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._scheduler: KeyScheduler | None = None
+        if loop is not None or concurrency > 1:
+            self._scheduler = KeyScheduler(self, concurrency, loop)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the consumer thread; ``ready`` is set once partitions are assigned."""
+        self._thread = threading.Thread(target=self._consume, name="bridge-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the records being handled (up to ``drain_timeout``); stop the thread.
+
+        Records not started yet are left for redelivery; so is a record whose retries
+        were waiting. Offsets are stored up to the watermark; ``consumer.close()``
+        commits them.
+        """
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._scheduler is not None:
+            self._scheduler.close()
+
+    def on_revoke(self, partitions: list[Partition]) -> None:
+        """The transport's revocation callback: finish or abandon the records of
+        ``partitions`` being handled, and store their watermarks (then committed)."""
+        if self._scheduler is not None:
+            self._scheduler.revoke(partitions, self.drain_timeout)
+
+    # -- the consume loop -------------------------------------------------------------
+
+    def _consume(self) -> None:
+        consumer = self.consumer
+        scheduler = self._scheduler
+        lag_due = 0.0
+        try:
+            while not self.stopping.is_set():
+                if scheduler is None:
+                    records = consumer.consume(self.batch_size, 0.1)
+                else:
+                    records = scheduler.fetch(consumer, self.batch_size)
+                if not self.ready.is_set() and consumer.is_ready():
+                    self.ready.set()
+                if records:
+                    if scheduler is None:
+                        self._handle_batch(records)
+                    else:
+                        scheduler.submit(records)
+                now = time.monotonic()
+                if now >= lag_due and self.ready.is_set():
+                    self._stats.consumer_lag = consumer.lag()
+                    lag_due = now + 1.0
+            if scheduler is not None:
+                scheduler.drain(self.drain_timeout)
+        except BaseException as exc:
+            self.error = exc
+            log.exception("bridge %s: the consumer stopped", self.service)
+
+    def _handle_batch(self, records: list[Record]) -> None:
+        """``concurrency=1``: handle the records in order; store each partition's offset
+        once per batch, for the last record done (the same at-least-once point as storing
+        each one, at a fraction of the cost)."""
+        done: dict[Partition, Record] = {}
+        stopping = self.stopping
+        process = self._process
+        counts = [0] * len(_COUNTERS)
+        letters: list[DeadLetter] = []
+        received = 0
+        for record in records:
+            if stopping.is_set():
+                break  # this record and the rest are redelivered
+            received += 1
+            try:
+                outcome = process(record)
+            except Exception as exc:  # a bug or a surprise must not stop the partition
+                outcome = self._unexpected(record, exc)
+            if outcome.__class__ is int:
+                if outcome == NOT_DONE:
+                    break  # stopping before the record was done: it is redelivered
+                counts[outcome] += 1
+            else:
+                letters.append(outcome)  # type: ignore[arg-type]
+            done[(record.topic, record.partition)] = record
+        unconfirmed: set[Partition] = set()
+        if letters:
+            delivered, unconfirmed = self.dead_letters.confirm(letters)
+            counts[DEAD_LETTERED] += delivered
+        self.count(received, counts)
+        store = self.consumer.store
+        for partition, record in done.items():
+            if partition not in unconfirmed:
+                store(record)
+
+    def count(self, received: int, counts: list[int]) -> None:
+        """Add to the inbound counters (called by the consumer thread only)."""
+        stats = self._stats
+        stats.received += received
+        for i, n in enumerate(counts):
+            if n:
+                setattr(stats, _COUNTERS[i], getattr(stats, _COUNTERS[i]) + n)
+
+    # -- one record -------------------------------------------------------------------
+
+    def _unexpected(self, record: Record, exc: Exception) -> Outcome:
+        log.exception("bridge %s: unexpected error on %s", self.service, where(record))
+        reason = f"unexpected error: {exc!r}"
+        return self._dead_letter(record, None, reason, type(exc).__name__, None, 0)
+
+    def _prepare(self, record: Record) -> _Job | Outcome:
+        """Decode and route one record: the job of running its handlers, or the outcome
+        when there is none to run (an echo, unrouted, a duplicate, a dead letter)."""
+        try:
+            envelope = read_envelope(record)
+            event_id, source, name, at, origin, _, _ = envelope
+            if origin == self.bridge_id:
+                return ECHO
+            value = record.value
+            payload = self.codec.decode(value if value is not None else b"")
+        except DecodeError as exc:
+            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", None, 0)
+        topic = record.topic
+        route = self._cache.get((topic, name))
+        if route is None and (topic, name) not in self._cache:
+            route = self._route_of(topic, name)
+        if route is None:
+            if self.unrouted == "dlq":
+                reason = f"no inbound route for type {name!r} on this topic"
+                return self._dead_letter(record, None, reason, "unrouted", None, 0)
+            return UNROUTED
+        if self.dedup.seen(event_id):
+            return DUPLICATE
+        sender = _new_remote(
+            Remote, (source, event_id, at, topic, record.partition, record.offset, self.bridge_id)
+        )
+        return (route, envelope, name, payload, sender)
+
+    def _process(self, record: Record) -> Outcome:
+        """Process one record to the end on this thread. Never raises for bad input."""
+        job = self._prepare(record)
+        if job.__class__ is not tuple:
+            return job  # type: ignore[return-value]
+        route, envelope, name, payload, sender = job
+        traceparent = envelope.traceparent
+        try:
+            if traceparent is None:
+                failures = self.bus.dispatch(name, sender, payload)
+            else:
+                with trace_context(traceparent, envelope.tracestate):
+                    failures = self.bus.dispatch(name, sender, payload)
+        except PayloadError as exc:
+            return self._dead_letter(
+                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+            )
+        attempts = 1
+        delay = self.backoff
+        while failures and attempts < self.max_attempts:
+            if self.stopping.wait(delay):
+                return NOT_DONE
+            delay = min(delay * 2, self.max_backoff)
+            attempts += 1
+            self._retried()
+            failures = _retry(failures, envelope)
+        return self._finish(record, route, envelope, failures, attempts)
+
+    async def _process_async(self, record: Record, stopped: asyncio.Event) -> Outcome:
+        """Process one record to the end on the event loop (``concurrency`` on a loop)."""
+        job = self._prepare(record)
+        if job.__class__ is not tuple:
+            return job  # type: ignore[return-value]
+        route, envelope, name, payload, sender = job
+        executor = self._scheduler.pool if self._scheduler is not None else None
+        try:
+            with _maybe_trace(envelope):
+                failures = await self.bus.dispatch_async(name, sender, payload, executor=executor)
+        except PayloadError as exc:
+            return self._dead_letter(
+                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+            )
+        attempts = 1
+        delay = self.backoff
+        while failures and attempts < self.max_attempts:
+            try:
+                await asyncio.wait_for(stopped.wait(), delay)
+                return NOT_DONE
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, self.max_backoff)
+            attempts += 1
+            self._retried()
+            failures = await _retry_async(failures, envelope)
+        return self._finish(record, route, envelope, failures, attempts)
+
+    def _finish(
+        self,
+        record: Record,
+        route: Route,
+        envelope: Envelope,
+        failures: list[HandlerFailure],
+        attempts: int,
+    ) -> Outcome:
+        if not failures:
+            self.dedup.add(envelope.id)
+            return HANDLED
+        first = failures[0]
+        reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"
+        return self._dead_letter(
+            record, route, reason, type(first.exception).__name__, first, attempts
+        )
+
+    def _retried(self) -> None:
+        with self._stats_lock:
+            self._stats.retried += 1
+
+    def _route_of(self, topic: str, name: str) -> Route | None:
+        route = next((r for r in self.routes if r.topic == topic and r.matches(name)), None)
+        if len(self._cache) > 10_000:  # hostile streams of made-up types
+            self._cache.clear()
+        self._cache[(topic, name)] = route
+        return route
+
+    def _dead_letter(
+        self,
+        record: Record,
+        route: Route | None,
+        reason: str,
+        error: str,
+        failure: HandlerFailure | None,
+        attempts: int,
+    ) -> DeadLetter:
+        """Produce ``record`` with the reason to the dead-letter topic, without waiting.
+
+        The caller confirms the delivery before the record's offset is stored (once per
+        batch with ``concurrency=1``: a flood of bad records costs one flush per batch).
+        """
+        if route is None:
+            route = next((r for r in self.routes if r.topic == record.topic), None)
+        topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
+        return self.dead_letters.letter(record, topic, reason, error, failure, attempts)
+
+
+def _maybe_trace(envelope: Envelope) -> contextlib.AbstractContextManager[None]:
+    """The record's trace context around its handlers, when it has one."""
+    if envelope.traceparent is None:
+        return contextlib.nullcontext()
+    return trace_context(envelope.traceparent, envelope.tracestate)
+
+
+def _retry(failures: Sequence[HandlerFailure], envelope: Envelope) -> list[HandlerFailure]:
+    """Run the failed handlers again; return those that failed again."""
+    still: list[HandlerFailure] = []
+    for failure in failures:
+        try:
+            with _maybe_trace(envelope):
+                failure.retry()
+        except Exception as exc:
+            still.append(HandlerFailure(failure.event, failure.handler, exc, failure.retry))
+    return still
+
+
+async def _retry_async(
+    failures: Sequence[HandlerFailure], envelope: Envelope
+) -> list[HandlerFailure]:
+    """``_retry`` for the failures of ``dispatch_async`` (their retry is awaitable)."""
+    still: list[HandlerFailure] = []
+    for failure in failures:
+        try:
+            with _maybe_trace(envelope):
+                await failure.retry()
+        except Exception as exc:
+            still.append(HandlerFailure(failure.event, failure.handler, exc, failure.retry))
+    return still
+
+
+class KeyScheduler:
+    """Key-ordered concurrency for one ``Inbound``, with per-partition offset watermarks.
+
+    The consumer thread calls ``fetch``, ``submit``, ``revoke`` and ``drain``; the
+    records run on a pool of ``concurrency`` threads, or as tasks on ``loop``. A record
+    waits behind the earlier records of its key (its Kafka key within its partition, or
+    its partition when it has none). Workers hand finished records back through a
+    queue; the consumer thread moves each partition's watermark (the offset below which
+    every record is done) and stores it. At most ``concurrency + batch_size`` records
+    are taken and not done at a time (see ``fetch``).
+    """
+
+    def __init__(
+        self, inbound: Inbound, concurrency: int, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        self.inbound = inbound
+        self.concurrency = concurrency
+        self.loop = loop
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bridge-handler")
+        self.high = concurrency + inbound.batch_size
+        self._lock = threading.Lock()
+        self._queues: dict[tuple[str, int, bytes | None], deque[tuple[Record, _Watermark]]] = {}
+        self._running: dict[Partition, int] = {}  # records started, not done, per partition
+        self._marks: dict[Partition, _Watermark] = {}  # consumer thread only
+        self._finished: deque[tuple[Record, Outcome, _Watermark]] = deque()
+        self._wake = threading.Event()  # a record finished
+        self._taken = 0  # records submitted and not settled (consumer thread only)
+        self._paused: set[Partition] = set()
+        self._full_since: float | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._stopped: asyncio.Event | None = None
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self._bind_loop(), loop).result()
+
+    async def _bind_loop(self) -> None:
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._stopped = asyncio.Event()
+
+    # -- the consumer thread's side ------------------------------------------------------
+
+    def fetch(self, consumer: Consumer, batch_size: int) -> list[Record]:
+        """Settle finished records; return the next records, as many as there is room for.
+
+        When ``concurrency + batch_size`` records are taken and not done, wait for one to
+        finish (a condition, not a sleep). librdkafka keeps prefetching meanwhile, within
+        its own bounds (``queued.max.messages.kbytes``). If the handlers stay that busy
+        for ``PAUSE_AFTER`` seconds, pause the partitions (which drops librdkafka's
+        prefetched records, and costs up to ``fetch.wait.max.ms`` when resumed) and keep
+        polling for rebalances and liveness; resume at half.
+        """
+        self.settle()
+        room = self.high - self._taken
+        if room <= 0:
+            now = time.monotonic()
+            if self._full_since is None:
+                self._full_since = now
+            if now - self._full_since < PAUSE_AFTER and not self._paused:
+                self._wake.wait(PAUSE_AFTER - (now - self._full_since))
+                self._wake.clear()
+                return []
+            missing = [tp for tp in consumer.assignment() if tp not in self._paused]
+            if missing:
+                consumer.pause(missing)
+                self._paused.update(missing)
+            self._wake.wait(0.1)
+            self._wake.clear()
+            # Keep the poll cadence (rebalances, liveness). Partitions assigned inside this
+            # call are not paused yet: what it returns of them is handled, not dropped.
+            return consumer.consume(batch_size, 0)
+        self._full_since = None
+        if self._paused and self._taken <= self.high // 2:
+            assigned = set(consumer.assignment())
+            consumer.resume([tp for tp in self._paused if tp in assigned])
+            self._paused.clear()
+        return consumer.consume(min(batch_size, room), 0.1 if not self._taken else 0.01)
+
+    def submit(self, records: list[Record]) -> None:
+        """Queue records behind their keys; start a worker for each key that was idle."""
+        marks = self._marks
+        start: list[tuple[str, int, bytes | None]] = []
+        with self._lock:
+            queues = self._queues
+            for record in records:
+                tp = (record.topic, record.partition)
+                mark = marks.get(tp)
+                if mark is None:
+                    mark = marks[tp] = _Watermark()
+                mark.track(record)
+                key = (record.topic, record.partition, record.key)
+                queue = queues.get(key)
+                if queue is None:
+                    queues[key] = deque(((record, mark),))
+                    start.append(key)
+                else:
+                    queue.append((record, mark))
+        self._taken += len(records)
+        self.inbound._stats.received += len(records)
+        for key in start:
+            self._start(key)
+
+    def settle(self) -> None:
+        """Count finished records, move the watermarks, store the offsets they reached."""
+        finished = self._finished
+        if not finished:
+            return
+        marks = self._marks
+        moved: dict[Partition, _Watermark] = {}
+        counts = [0] * len(_COUNTERS)
+        while finished:
+            record, outcome, mark = finished.popleft()
+            self._taken -= 1
+            if outcome.__class__ is int:
+                if outcome == NOT_DONE:
+                    continue  # stays below the watermark: redelivered
+                counts[outcome] += 1
+            tp = (record.topic, record.partition)
+            if marks.get(tp) is mark:  # not a record of a partition revoked meanwhile
+                mark.done(record)
+                moved[tp] = mark
+        self.inbound.count(0, counts)
+        store = self.inbound.consumer.store
+        for mark in moved.values():
+            last = mark.take_stored()
+            if last is not None:
+                store(last)
+
+    def revoke(self, partitions: list[Partition], timeout: float) -> None:
+        """Drop the queued records of ``partitions``, wait (up to ``timeout``) for the
+        running ones, store the watermarks reached, forget the partitions."""
+        gone = {tp for tp in partitions if tp in self._marks}
+        if not gone:
+            return
+        dropped = 0
+        with self._lock:
+            for key, queue in self._queues.items():
+                if key[:2] in gone:
+                    dropped += len(queue)
+                    queue.clear()
+        self._taken -= dropped
+        deadline = time.monotonic() + timeout
+        while any(self._running.get(tp) for tp in gone) and time.monotonic() < deadline:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            self.settle()
+        self.settle()
+        abandoned = sum(self._running.get(tp, 0) for tp in gone)
+        if abandoned:
+            log.warning(
+                "bridge %s: %d record(s) of revoked partitions still running after %g s:"
+                " not committed",
+                self.inbound.service,
+                abandoned,
+                timeout,
+            )
+        for tp in gone:
+            self._marks.pop(tp, None)
+            self._paused.discard(tp)
+
+    def drain(self, timeout: float) -> None:
+        """At stop: drop what has not started, wait for what runs, store the watermarks."""
+        if self.loop is not None and self._stopped is not None:
+            self.loop.call_soon_threadsafe(self._stopped.set)  # ends retry waits
+        self.revoke(list(self._marks), timeout)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the workers' side ------------------------------------------------------------
+
+    def _start(self, key: tuple[str, int, bytes | None]) -> None:
+        if self.loop is None:
+            self.pool.submit(self._run_next, key)
+        else:
+            self.loop.call_soon_threadsafe(self._spawn_task, key)
+
+    def _take(self, key: tuple[str, int, bytes | None]) -> tuple[Record, _Watermark] | None:
+        """The next record of ``key``, or None (and the key is idle) when there is none
+        or the bridge is stopping (what has not started is left for redelivery)."""
+        with self._lock:
+            queue = self._queues[key]
+            if not queue or self.inbound.stopping.is_set():
+                del self._queues[key]
+                return None
+            item = queue.popleft()
+            tp = key[:2]
+            self._running[tp] = self._running.get(tp, 0) + 1
+            return item
+
+    def _done(self, record: Record, outcome: Outcome, mark: _Watermark) -> None:
+        tp = (record.topic, record.partition)
+        with self._lock:
+            self._running[tp] -= 1
+        self._finished.append((record, outcome, mark))
+        self._wake.set()
+
+    def _run_next(self, key: tuple[str, int, bytes | None]) -> None:
+        """One record of ``key`` on a pool thread, then the key goes to the back of the
+        pool's queue (so that a busy key does not hold a thread while others wait)."""
+        item = self._take(key)
+        if item is None:
+            return
+        record, mark = item
+        inbound = self.inbound
+        try:
+            outcome = inbound._process(record)
+        except Exception as exc:
+            outcome = inbound._unexpected(record, exc)
+        self._done(record, self._confirmed(outcome), mark)
+        with contextlib.suppress(RuntimeError):  # a pool shut down: the bridge stopped
+            self.pool.submit(self._run_next, key)
+
+    def _confirmed(self, outcome: Outcome) -> Outcome:
+        if outcome.__class__ is int:
+            return outcome
+        delivered, unconfirmed = self.inbound.dead_letters.confirm([outcome])  # type: ignore[list-item]
+        return NOT_DONE if unconfirmed or not delivered else DEAD_LETTERED
+
+    def _spawn_task(self, key: tuple[str, int, bytes | None]) -> None:
+        assert self.loop is not None
+        self.loop.create_task(self._run_key(key))
+
+    async def _run_key(self, key: tuple[str, int, bytes | None]) -> None:
+        """The records of ``key``, one at a time, as a task on the event loop."""
+        slots, stopped = self._slots, self._stopped
+        assert slots is not None and stopped is not None
+        inbound = self.inbound
+        while True:
+            async with slots:
+                item = self._take(key)
+                if item is None:
+                    return
+                record, mark = item
+                try:
+                    outcome = await inbound._process_async(record, stopped)
+                except Exception as exc:
+                    outcome = inbound._unexpected(record, exc)
+                if outcome.__class__ is not int:
+                    outcome = await asyncio.to_thread(self._confirmed, outcome)
+            self._done(record, outcome, mark)
+
+
+class _Watermark:
+    """The records of one partition taken and not yet settled, in offset order; the
+    last record below which every one is done is the offset to store."""
+
+    __slots__ = ("_done", "_last", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: deque[Record] = deque()
+        self._done: set[int] = set()
+        self._last: Record | None = None
+
+    def track(self, record: Record) -> None:
+        self._pending.append(record)
+
+    def done(self, record: Record) -> None:
+        pending, done = self._pending, self._done
+        done.add(record.offset)
+        while pending and pending[0].offset in done:
+            last = pending.popleft()
+            done.discard(last.offset)
+            self._last = last
+
+    def take_stored(self) -> Record | None:
+        """The record whose offset to store now (once), or None if the mark did not move."""
+        last, self._last = self._last, None
+        return last

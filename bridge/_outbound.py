@@ -1,0 +1,229 @@
+"""The outbound direction: routed bus events encoded and handed to the producer.
+
+A bus handler per route pattern encodes the event in the emitting thread and queues it
+without waiting for the broker (direct mode: a failures-only producer, so a delivered
+event costs no Python), or appends it to the outbox, whose relay produces it. A poller
+thread serves delivery reports. Failures are logged, counted and passed to
+``on_delivery_failure``; an event is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from eventbus import Event, EventBus, compile_pattern
+
+from ._codec import MsgpackCodec
+from ._envelope import HeaderBuilder
+from ._errors import DeliveryError, EncodeError
+from ._remote import Remote
+from ._routes import Route
+from ._stats import Stats
+from ._transport import Producer, Record, Transport
+
+if TYPE_CHECKING:
+    from ._outbox_base import BaseOutbox
+
+log = logging.getLogger("bridge")
+
+DeliveryFailureCallback = Callable[[DeliveryError], object]
+
+
+class Outbound:
+    """Publishes the events of the outbound ``routes`` of one bridge."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        transport: Transport,
+        service: str,
+        bridge_id: str,
+        routes: Sequence[Route],
+        codec: MsgpackCodec,
+        outbox: BaseOutbox | None,
+        on_delivery_failure: DeliveryFailureCallback | None,
+        stats: Stats,
+        stats_lock: threading.Lock,
+    ) -> None:
+        self.bus = bus
+        self.transport = transport
+        self.service = service
+        self.bridge_id = bridge_id
+        self.routes = tuple(r for r in routes if r.is_outbound)
+        self.codec = codec
+        self.outbox = outbox
+        self.on_delivery_failure = on_delivery_failure
+        self._stats = stats
+        self._stats_lock = stats_lock
+        self._sent = 0  # records handed to a failures-only producer
+        self._headers = HeaderBuilder(service, bridge_id)
+        self._cache: dict[tuple[str, str], tuple[Route, ...]] = {}
+        self._patterns = tuple(dict.fromkeys(s for r in self.routes for s in r.signals))
+        self._handlers: list[Callable[[Event], None]] = []
+        self.producer: Producer | None = None
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def open(self, topics: Sequence[str], timeout: float) -> None:
+        """Make the producer, learn the partitions of ``topics``, start reporting."""
+        if self.outbox is None:
+            # Only failures are reported: a delivered event costs no Python at all.
+            self.producer = self.transport.producer(on_failure=self._failed)
+        else:
+            self.producer = self.transport.producer()  # the relay needs every report
+        self.producer.warm_up(topics, timeout)
+        self._poller = threading.Thread(
+            target=self._poll_deliveries, name="bridge-delivery", daemon=True
+        )
+        self._poller.start()
+        if self.outbox is not None:
+            self.outbox.start(self.producer, self._delivered)
+
+    def attach(self) -> None:
+        """Subscribe to the bus: from now on routed events are published."""
+        for pattern in self._patterns:
+            handler = self._make_handler(pattern)
+            self.bus.on_event(pattern)(handler)
+            self._handlers.append(handler)
+
+    def detach(self) -> None:
+        """Unsubscribe from the bus: events emitted from now on stay local."""
+        for handler in self._handlers:
+            self.bus.off(handler)
+        self._handlers.clear()
+
+    def close(self, drain_timeout: float) -> None:
+        """Stop the outbox relay, flush what is queued (up to ``drain_timeout``), close."""
+        if self.outbox is not None:
+            self.outbox.stop(drain_timeout)
+        producer = self.producer
+        if producer is not None:
+            left = producer.flush(drain_timeout)
+            if left:
+                log.error("bridge %s: %d record(s) not delivered at stop", self.service, left)
+        self._stopping.set()
+        if self._poller is not None:
+            self._poller.join()
+        if producer is not None:
+            producer.close(0)  # flush above already waited drain_timeout
+
+    # -- publishing -----------------------------------------------------------------
+
+    def _make_handler(self, pattern: str) -> Callable[[Event], None]:
+        def publish(event: Event) -> None:
+            sender = event.sender
+            if type(sender) is Remote and sender.bridge == self.bridge_id:
+                return  # arrived through this bridge: never re-published
+            routes = self._cache.get((pattern, event.name))
+            if routes is None:
+                routes = self._routes_of(pattern, event.name)
+            if routes:
+                self.publish(event.name, event.payload, routes)
+
+        publish.__qualname__ = f"Bridge.outbound[{pattern}]"
+        return publish
+
+    def _routes_of(self, pattern: str, name: str) -> tuple[Route, ...]:
+        # Several patterns may match one name; only the first one's handler publishes,
+        # so an event goes once to each matching route.
+        first = next(p for p in self._patterns if _pattern_matches(p, name))
+        routes = tuple(r for r in self.routes if r.matches(name)) if first == pattern else ()
+        self._cache[(pattern, name)] = routes
+        return routes
+
+    def publish(self, name: str, payload: Mapping[str, Any], routes: tuple[Route, ...]) -> None:
+        """Encode one event and queue it to each of ``routes`` (or to the outbox)."""
+        producer = self.producer
+        if producer is None:
+            raise RuntimeError("bridge is not started")
+        value = self.codec.encode(payload)
+        headers = self._headers.build(name)
+        for route in routes:
+            key = None
+            if route.key is not None:
+                try:
+                    key = _key_bytes(payload[route.key])
+                except KeyError:
+                    raise EncodeError(
+                        f"{name}: the route to topic {route.topic!r} needs payload field "
+                        f"{route.key!r} as its partition key"
+                    ) from None
+            if self.outbox is not None:
+                self.outbox.append(route.topic, value, key, headers)
+            else:
+                producer.produce(route.topic, value, key, headers)
+                with self._stats_lock:  # counted once queued (see update_stats)
+                    self._sent += 1
+
+    # -- delivery accounting ----------------------------------------------------------
+
+    def update_stats(self) -> None:
+        """Bring the outbound counters of ``stats`` up to date (direct mode)."""
+        producer = self.producer
+        if self.outbox is not None or producer is None:
+            return
+        stats = self._stats
+        # Delivered = produced - in flight - failed. Read in this order, and with
+        # ``_sent`` counted after produce, a record is never counted early.
+        with self._stats_lock:
+            sent = self._sent
+        in_flight = producer.in_flight()
+        with self._stats_lock:
+            stats.in_flight = min(in_flight, sent)
+            stats.produced = sent - stats.in_flight
+            stats.delivered = max(0, stats.produced - stats.delivery_failed)
+
+    def _delivered(self, error: Exception | None, record: Record) -> None:
+        """Every delivery report of the outbox relay's records."""
+        stats = self._stats
+        with self._stats_lock:
+            stats.produced += 1
+            if error is None:
+                stats.delivered += 1
+            else:
+                stats.delivery_failed += 1
+        if error is not None:
+            self._report_failure(error, record)
+
+    def _failed(self, error: Exception, record: Record) -> None:
+        """The report of a record the failures-only producer could not deliver."""
+        with self._stats_lock:
+            self._stats.delivery_failed += 1
+        self._report_failure(error, record)
+
+    def _report_failure(self, error: Exception, record: Record) -> None:
+        failure = DeliveryError(f"record to {record.topic!r} not delivered: {error}", record)
+        failure.__cause__ = error
+        log.error("bridge %s: %s", self.service, failure)
+        if self.on_delivery_failure is not None:
+            try:
+                self.on_delivery_failure(failure)
+            except Exception:
+                log.exception("bridge %s: on_delivery_failure raised", self.service)
+
+    def _poll_deliveries(self) -> None:
+        producer = self.producer
+        assert producer is not None
+        while not self._stopping.is_set():
+            try:
+                producer.poll(0.1)
+            except Exception:  # a bad callback must not end delivery reports
+                log.exception("bridge %s: serving delivery reports failed", self.service)
+
+
+def _pattern_matches(pattern: str, name: str) -> bool:
+    return compile_pattern(pattern)(name) if "*" in pattern else pattern == name
+
+
+def _key_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise EncodeError(f"a partition key must be text, a number or bytes, not {value!r}")
+    return str(value).encode()
