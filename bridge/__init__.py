@@ -32,9 +32,10 @@ from ._stats import Stats
 from ._transport import Consumer, Producer, Record, Transport
 
 if _typing.TYPE_CHECKING:
-    from ._sql_outbox import SqlOutbox, outbox_table
+    from ._sql_outbox import SqlOutbox, outbox_notify_ddl, outbox_table
 
-_SQL = ("SqlOutbox", "outbox_table")  # need SQLAlchemy: imported on first use
+# These need SQLAlchemy (the [sql] extra): imported on first use, not with the package.
+_SQL = ("SqlOutbox", "outbox_notify_ddl", "outbox_table")
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -80,6 +81,7 @@ __all__ = [
     "TransportError",
     "current_trace",
     "load_config",
+    "outbox_notify_ddl",
     "outbox_table",
     "trace_context",
 ]

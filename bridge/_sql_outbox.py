@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge.sql_outbox")
 
-__all__ = ["SqlOutbox", "outbox_table"]
+__all__ = ["SqlOutbox", "outbox_notify_ddl", "outbox_table"]
 
 _Row = dict[str, Any]
 
@@ -92,13 +92,13 @@ def outbox_table(
         schema=schema,
         sqlite_autoincrement=True,  # ids never reused, even after the table empties
     )
-    for statement in notify_ddl(name, schema):
+    for statement in outbox_notify_ddl(name, schema):
         ddl = sa.DDL(statement).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
         event.listen(table, "after_create", ddl)
     return table
 
 
-def notify_ddl(name: str, schema: str | None = None) -> list[str]:
+def outbox_notify_ddl(name: str, schema: str | None = None) -> list[str]:
     """PostgreSQL: the function and statement trigger that ``NOTIFY`` the relay."""
     qualified = f'"{schema}"."{name}"' if schema else f'"{name}"'
     function = f'"{schema}"."{name}_notify"' if schema else f'"{name}_notify"'
