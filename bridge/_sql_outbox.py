@@ -46,7 +46,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from ._codec import headers_from_msgpack, headers_to_msgpack
 from ._errors import BridgeError, ConfigError, TransportError
@@ -272,10 +272,13 @@ class SqlOutbox(BaseOutbox):
     # -- emitting (any thread or task) --------------------------------------------------
 
     @contextlib.contextmanager
-    def bind(self, target: Session | AsyncSession | Connection) -> Iterator[None]:
+    def bind(
+        self, target: Session | scoped_session[Session] | AsyncSession | Connection
+    ) -> Iterator[None]:
         """Within the block, emits of this thread or task go into ``target``'s transaction.
 
-        ``target``: an ORM ``Session``, an ``AsyncSession`` or a Core ``Connection``.
+        ``target``: an ORM ``Session`` (or a ``scoped_session``: its current session), an
+        ``AsyncSession`` or a Core ``Connection``.
         The events are stored when, and only if, that transaction commits (the commit may
         come after the block). Use one bind per unit of work::
 
@@ -284,6 +287,8 @@ class SqlOutbox(BaseOutbox):
                 bus.emit("order.placed", id=order.id)
         """
         binding: _SessionBinding | _ConnectionBinding
+        if isinstance(target, scoped_session):
+            target = target()  # the registry's session of this thread or scope
         if isinstance(target, Session):
             binding = _SessionBinding(self, target)
         elif isinstance(target, Connection):
