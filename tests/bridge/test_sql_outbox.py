@@ -264,6 +264,10 @@ def test_two_relays_deliver_everything_once_in_key_order(
     assert sorted(seen) == [(k, n) for k in range(keys) for n in range(per_key)]  # once each
     for k in range(keys):
         assert [n for key, n in seen if key == k] == list(range(per_key)), f"key {k} out of order"
+    # One relay sent at a time, and the handover was graceful: not even the topic holds a
+    # duplicate (the inbound dedup above would hide one from the handlers).
+    ids = event_ids(kafka_bootstrap, topic)
+    assert len(ids) == len(set(ids)) == keys * per_key
 
 
 CHILD = """
