@@ -31,7 +31,8 @@ class DedupStore(Protocol):
 class MemoryDedup:
     """Remembers recent event ids for ``window`` seconds, at most ``size`` of them.
 
-    Thread safe: ``seen`` is one dictionary read; ``add`` holds a lock while it evicts.
+    Thread safe: ``seen`` is one dictionary read, ``add`` two atomic operations, and
+    eviction holds a lock.
     """
 
     __slots__ = ("_ids", "_lock", "_order", "size", "window")
@@ -49,19 +50,22 @@ class MemoryDedup:
 
     def add(self, event_id: str) -> None:
         now = time.monotonic()
+        self._ids[event_id] = now
+        order = self._order
+        order.append((now, event_id))
+        if len(order) > self.size or len(order) & 255 == 0:
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        # Beyond the size bound, and (checked now and then) past the window. An id added
+        # again has an older entry in the order too: only its last one counts. One
+        # evictor at a time; adds (two atomic operations) need no lock.
         with self._lock:
-            self._ids[event_id] = now
-            order = self._order
-            order.append((now, event_id))
-            if len(order) > self.size or len(order) & 255 == 0:
-                # Evict beyond the size bound, and (checked now and then) past the window.
-                # An id added again has an older entry in the order too: only its last
-                # one counts.
-                ids, horizon = self._ids, now - self.window
-                while order and (len(order) > self.size or order[0][0] <= horizon):
-                    at, old = order.popleft()
-                    if ids.get(old) == at:
-                        del ids[old]
+            ids, order, horizon = self._ids, self._order, now - self.window
+            while order and (len(order) > self.size or order[0][0] <= horizon):
+                at, old = order.popleft()
+                if ids.get(old) == at:
+                    del ids[old]
 
     def __len__(self) -> int:
         return len(self._ids)

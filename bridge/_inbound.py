@@ -262,6 +262,9 @@ class Inbound:
             return self._dead_letter(
                 record, route, f"invalid payload: {exc}", "PayloadError", None, 0
             )
+        if not failures:
+            self.dedup.add(envelope.id)
+            return HANDLED
         attempts = 1
         delay = self.backoff
         while failures and attempts < self.max_attempts:
@@ -407,8 +410,10 @@ class KeyScheduler:
         self._running: dict[Partition, int] = {}  # records started, not done, per partition
         self._marks: dict[Partition, _Watermark] = {}  # consumer thread only
         self._finished: deque[tuple[Record, Outcome, _Watermark]] = deque()
-        self._wake = threading.Event()  # a record finished
+        self._wake = threading.Event()  # ``_wake_at`` records finished and not settled
+        self._wake_at = 1
         self._taken = 0  # records submitted and not settled (consumer thread only)
+        self._waiting = 0  # keys submitted to the pool and not started yet
         self._paused: set[Partition] = set()
         self._full_since: float | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -439,15 +444,15 @@ class KeyScheduler:
             if self._full_since is None:
                 self._full_since = now
             if now - self._full_since < PAUSE_AFTER and not self._paused:
-                self._wake.wait(PAUSE_AFTER - (now - self._full_since))
-                self._wake.clear()
+                # Wake for a quarter of the room at once, not for every record: fewer
+                # trips of the consumer thread through the GIL.
+                self._wait_finished(max(1, self.high // 4), PAUSE_AFTER - (now - self._full_since))
                 return []
             missing = [tp for tp in consumer.assignment() if tp not in self._paused]
             if missing:
                 consumer.pause(missing)
                 self._paused.update(missing)
-            self._wake.wait(0.1)
-            self._wake.clear()
+            self._wait_finished(max(1, self.high // 4), 0.1)
             # Keep the poll cadence (rebalances, liveness). Partitions assigned inside this
             # call are not paused yet: what it returns of them is handled, not dropped.
             return consumer.consume(batch_size, 0)
@@ -457,6 +462,13 @@ class KeyScheduler:
             consumer.resume([tp for tp in self._paused if tp in assigned])
             self._paused.clear()
         return consumer.consume(min(batch_size, room), 0.1 if not self._taken else 0.01)
+
+    def _wait_finished(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` records finished since the last settle, or ``timeout``."""
+        self._wake_at = count
+        if len(self._finished) < count:
+            self._wake.wait(timeout)
+        self._wake.clear()
 
     def submit(self, records: list[Record]) -> None:
         """Queue records behind their keys; start a worker for each key that was idle."""
@@ -523,8 +535,7 @@ class KeyScheduler:
         self._taken -= dropped
         deadline = time.monotonic() + timeout
         while any(self._running.get(tp) for tp in gone) and time.monotonic() < deadline:
-            self._wake.wait(0.05)
-            self._wake.clear()
+            self._wait_finished(1, 0.05)
             self.settle()
         self.settle()
         abandoned = sum(self._running.get(tp, 0) for tp in gone)
@@ -552,10 +563,13 @@ class KeyScheduler:
     # -- the workers' side ------------------------------------------------------------
 
     def _start(self, key: tuple[str, int, bytes | None]) -> None:
-        if self.loop is None:
-            self.pool.submit(self._run_next, key)
-        else:
+        if self.loop is not None:
             self.loop.call_soon_threadsafe(self._spawn_task, key)
+            return
+        with self._lock:
+            self._waiting += 1
+        with contextlib.suppress(RuntimeError):  # a pool shut down: the bridge stopped
+            self.pool.submit(self._run_next, key)
 
     def _take(self, key: tuple[str, int, bytes | None]) -> tuple[Record, _Watermark] | None:
         """The next record of ``key``, or None (and the key is idle) when there is none
@@ -574,24 +588,31 @@ class KeyScheduler:
         tp = (record.topic, record.partition)
         with self._lock:
             self._running[tp] -= 1
-        self._finished.append((record, outcome, mark))
-        self._wake.set()
+        finished = self._finished
+        finished.append((record, outcome, mark))
+        if len(finished) >= self._wake_at:
+            self._wake.set()
 
     def _run_next(self, key: tuple[str, int, bytes | None]) -> None:
-        """One record of ``key`` on a pool thread, then the key goes to the back of the
-        pool's queue (so that a busy key does not hold a thread while others wait)."""
-        item = self._take(key)
-        if item is None:
-            return
-        record, mark = item
+        """The records of ``key`` on a pool thread, one at a time. While other keys wait
+        for a thread, the key goes to the back of the pool's queue after each record;
+        while none do, this thread goes on with it (no hand-over per record)."""
+        with self._lock:
+            self._waiting -= 1
         inbound = self.inbound
-        try:
-            outcome = inbound._process(record)
-        except Exception as exc:
-            outcome = inbound._unexpected(record, exc)
-        self._done(record, self._confirmed(outcome), mark)
-        with contextlib.suppress(RuntimeError):  # a pool shut down: the bridge stopped
-            self.pool.submit(self._run_next, key)
+        while True:
+            item = self._take(key)
+            if item is None:
+                return
+            record, mark = item
+            try:
+                outcome = inbound._process(record)
+            except Exception as exc:
+                outcome = inbound._unexpected(record, exc)
+            self._done(record, self._confirmed(outcome), mark)
+            if self._waiting:
+                self._start(key)
+                return
 
     def _confirmed(self, outcome: Outcome) -> Outcome:
         if outcome.__class__ is int:

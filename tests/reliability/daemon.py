@@ -9,6 +9,7 @@ process is killed right after.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from eventbus import default_bus
@@ -16,7 +17,11 @@ from eventbus import default_bus
 _handled = open(os.environ["CRASH_TEST_OUT"], "a", buffering=1)  # noqa: SIM115 - for the process's life
 
 
+_lock = threading.Lock()  # handlers run on several threads with [bridge] concurrency
+
+
 @default_bus.on("load.*")
 def handle(sender: Any, *, n: int, **_: Any) -> None:
-    _handled.write(f"{sender.id} {n}\n")
-    _handled.flush()
+    with _lock:
+        _handled.write(f"{sender.id} {n}\n")
+        _handled.flush()
