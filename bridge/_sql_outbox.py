@@ -175,7 +175,13 @@ class _SessionBinding:
         if rows is None:
             rows = pending[self.outbox] = []
         # The innermost transaction: a rollback of it (or of one around it) drops the row.
-        rows.append((session.get_nested_transaction() or session.get_transaction(), row))
+        transaction = session.get_nested_transaction() or session.get_transaction()
+        if transaction is None:
+            # An emit writes to the session: begin its transaction as any statement would
+            # (autobegin, no I/O yet), or a rollback before anything else ran would find
+            # no transaction, fire no event, and leave the row for the next commit.
+            transaction = session._autobegin_t()
+        rows.append((transaction, row))
 
 
 class _ConnectionBinding:
@@ -192,12 +198,12 @@ class _ConnectionBinding:
 
 
 def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
-    """True if ``transaction`` is ``ended`` or nested in it (None: the one to begin)."""
+    """True if ``transaction`` is ``ended`` or nested in it."""
     while transaction is not None:
         if transaction is ended:
             return True
         transaction = transaction.parent
-    return ended.parent is None  # rows emitted before the root began belong to it
+    return False
 
 
 class SqlOutbox(BaseOutbox):
