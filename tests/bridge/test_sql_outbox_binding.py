@@ -95,5 +95,5 @@ def test_binding_is_per_block_and_nests(engine: sa.Engine, outbox: SqlOutbox) ->
         second.rollback()
         first.commit()
     assert stored(engine, outbox) == ["first", "first again"]
-    with pytest.raises(BridgeError, match="outside `with outbox.bind"):
+    with pytest.raises(BridgeError, match="outside `with outbox"):
         emit(outbox, "unbound")
