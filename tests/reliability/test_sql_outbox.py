@@ -108,17 +108,18 @@ def test_postgres_restart_during_the_relay(
         create_topics=False,
     )
     try:
-        with bridge, OrderStream(engine, outbox, bus) as stream:
-            wait_for(lambda: bridge.stats.delivered >= RATE, what="1 s of delivered events")
-            before = len(stream.committed)
-            private_postgres.restart()
-            wait_for(
-                lambda: len(stream.committed) >= before + RATE,
-                timeout=60,
-                what="1 s of commits after the restart",
-            )
-            wait_for(lambda: bridge.stats.delivered >= len(stream.committed), timeout=60)
-        wait_for(lambda: outbox.pending() == 0, timeout=60, what="the outbox table empty")
+        with bridge:
+            with OrderStream(engine, outbox, bus) as stream:
+                wait_for(lambda: bridge.stats.delivered >= RATE, what="1 s of delivered events")
+                before = len(stream.committed)
+                private_postgres.restart()
+                wait_for(
+                    lambda: len(stream.committed) >= before + RATE,
+                    timeout=60,
+                    what="1 s of commits after the restart",
+                )
+            # The stream stopped: the relay catches up and empties the table.
+            wait_for(lambda: outbox.pending() == 0, timeout=60, what="the outbox table empty")
     finally:
         engine.dispose()
     duplicates = check_delivered(stream, payloads(kafka_bootstrap, topic))
@@ -142,16 +143,17 @@ def test_broker_outage(
         outbox=outbox,
     )
     try:
-        with bridge, OrderStream(engine, outbox, bus) as stream:
-            wait_for(lambda: bridge.stats.delivered >= RATE, what="1 s of delivered events")
-            private_broker.freeze()
-            try:
-                time.sleep(OUTAGE)  # the outage itself: deliberate
-                committed_in_outage = len(stream.committed)
-            finally:
-                private_broker.thaw()
-            wait_for(lambda: len(stream.committed) >= committed_in_outage + RATE, timeout=60)
-        wait_for(lambda: outbox.pending() == 0, timeout=120, what="the outbox table empty")
+        with bridge:
+            with OrderStream(engine, outbox, bus) as stream:
+                wait_for(lambda: bridge.stats.delivered >= RATE, what="1 s of delivered events")
+                private_broker.freeze()
+                try:
+                    time.sleep(OUTAGE)  # the outage itself: deliberate
+                    committed_in_outage = len(stream.committed)
+                finally:
+                    private_broker.thaw()
+                wait_for(lambda: len(stream.committed) >= committed_in_outage + RATE, timeout=60)
+            wait_for(lambda: outbox.pending() == 0, timeout=120, what="the outbox table empty")
         duplicates = check_delivered(stream, payloads(private_broker.bootstrap, topic))
         assert not stream.in_doubt  # the database was up all along
         figures(outage_s=OUTAGE, committed=len(stream.committed), duplicates=duplicates)
