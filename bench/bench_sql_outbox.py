@@ -13,6 +13,9 @@ empty. Baselines in the same run: a bare confluent-kafka producer sending the sa
 (the broker side), and the relay's database work alone (read a batch, delete it). Target:
 >= 10k events/s.
 
+``latency``: commit -> acknowledged by the broker with the relay idle, woken by
+``NOTIFY``, against polling alone (``poll_interval`` 1 s, the trigger dropped).
+
 ``claim``: the database side of the two relay designs, no broker: one leader reading and
 deleting batches, against workers that claim per key with ``pg_try_advisory_xact_lock``
 in a transaction (the ``FOR UPDATE SKIP LOCKED``-style design that keeps key order), with
@@ -284,6 +287,60 @@ def bench_relay(n: int, keys: int = 100) -> dict[str, Any]:
     return result
 
 
+# -- latency: commit -> acknowledged by the broker, idle relay --------------------------
+
+
+def bench_latency(n: int) -> dict[str, Any]:
+    """Commits spaced 50 ms apart (the relay idle in between): commit -> delivered, with
+    ``LISTEN``/``NOTIFY`` against a relay in another process (here: a second engine and an
+    outbox whose in-process wake-up is not used) and against polling alone."""
+    engine = sa.create_engine(database_url())
+    transport = kafka()
+    topic = make_topic(transport)
+    result: dict[str, Any] = {}
+    for mode in ("notify", "poll"):
+        table = f"bench_outbox_{uuid.uuid4().hex[:8]}"
+        relay_engine = sa.create_engine(database_url())
+        relay = SqlOutbox(relay_engine, table=table, poll_interval=1.0)
+        if mode == "poll":
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f'DROP TRIGGER "{table}_notify" ON "{table}"')
+        writer = SqlOutbox(engine, table=table, create_table=False)  # the "application"
+        headers = HeaderBuilder("bench", "bench-id")
+        bridge = Bridge(
+            EventBus(),
+            transport=transport,
+            service="bench",
+            routes=[Route.outbound("order.*", topic=topic)],
+            outbox=relay,
+            create_topics=False,
+        )
+        latencies: list[float] = []
+        with bridge:
+            while not relay.leading:
+                time.sleep(0.001)
+            for i in range(n):
+                before = bridge.stats.delivered
+                with Session(engine) as session, session.begin(), writer.bind(session):
+                    writer.append(topic, b"\x80", str(i).encode(), headers.build("order.placed"))
+                start = time.perf_counter()
+                while bridge.stats.delivered == before:
+                    time.sleep(0.0002)
+                latencies.append(time.perf_counter() - start)
+                time.sleep(0.05)
+        latencies.sort()
+        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+        result[mode] = {"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": latencies[-1] * 1e3}
+        print(
+            f"latency {mode:6} commit -> delivered  p50 {p50 * 1e3:6.1f} ms  "
+            f"p99 {p99 * 1e3:6.1f} ms  max {latencies[-1] * 1e3:6.1f} ms"
+        )
+        drop(engine, table)
+        relay_engine.dispose()
+    engine.dispose()
+    return result
+
+
 # -- claim: leader vs per-key locking, database side only --------------------------------
 
 
@@ -346,7 +403,8 @@ def bench_claim(n: int, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", nargs="?", default="all", choices=["all", "txn", "relay", "claim"])
+    parts = ["all", "txn", "relay", "latency", "claim"]
+    parser.add_argument("part", nargs="?", default="all", choices=parts)
     parser.add_argument("-n", type=int, default=0, help="events (default per part)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="write the results to this file")
@@ -356,6 +414,8 @@ def main() -> None:
         results["txn"] = bench_txn(args.n or 1000, args.rounds)
     if args.part in ("all", "relay"):
         results["relay"] = bench_relay(args.n or 100_000)
+    if args.part in ("all", "latency"):
+        results["latency"] = bench_latency(args.n or 100)
     if args.part in ("all", "claim"):
         results["claim"] = bench_claim(args.n or 30_000, max(1, args.rounds // 2))
     if args.json:

@@ -511,13 +511,16 @@ class _Relay:
         while served < produced:
             if box._stopping.is_set() and time.monotonic() >= box._stop_deadline:
                 return False  # the rest stay in the table: sent again by the next relay
+            # The bridge's poller thread usually serves the reports and ``_report``
+            # notifies: wait on that, not inside poll (which would block its whole timeout
+            # when the other thread served the report first: +50 ms per idle commit).
             try:
-                self.producer.poll(0.05)
+                self.producer.poll(0)
             except TransportError as exc:
                 log.error("outbox %s: serving delivery reports failed: %s", box.table.name, exc)
             with self._cond:
                 if served + len(self._reports) < produced:
-                    self._cond.wait(0.05)
+                    self._cond.wait(0.005)
                 reports, self._reports = self._reports, []
             served += len(reports)
             for error, record in reports:
