@@ -35,7 +35,10 @@ __all__ = ["Outbox"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,  -- max + 1: storage order (reused only once the table empties)
+    -- AUTOINCREMENT: ids never go back, not even after the newest rows were deleted. With
+    -- max + 1 a commit landing after the relay deleted the tail reused ids at or below
+    -- the relay's cursor, and rows after them (above it) were sent first: out of order.
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     key BLOB,
     value BLOB NOT NULL,
@@ -394,7 +397,8 @@ class _Relay:
             self.cursor = row_id
             self.in_flight += 1
         if not rows and self.in_flight == 0:
-            # Everything produced was delivered and deleted. If the table emptied, new
-            # rows restart at id 1 (below the cursor): start over from the beginning.
+            # Everything produced was delivered and deleted. A file made before ids were
+            # AUTOINCREMENT reuses ids once the table empties: start over from the
+            # beginning (a no-op cost for newer files).
             self.cursor = 0
         return len(rows)
