@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -51,6 +52,8 @@ _COUNTERS = ("handled", "echoes", "unrouted", "duplicates", "dead_lettered")
 Partition: TypeAlias = tuple[str, int]
 PAUSE_AFTER = 1.0
 """Seconds the handlers may keep the scheduler full before fetching is paused."""
+_Key: TypeAlias = tuple[str, int, bytes | None]
+"""What a record waits behind: its topic, partition and Kafka key."""
 _Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote]
 _new_remote = tuple.__new__
 
@@ -403,13 +406,25 @@ class KeyScheduler:
         self.inbound = inbound
         self.concurrency = concurrency
         self.loop = loop
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bridge-handler")
+        self._ready_keys: queue.SimpleQueue[_Key | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self.pool: ThreadPoolExecutor | None = None
+        if loop is None:
+            for n in range(concurrency):
+                thread = threading.Thread(
+                    target=self._work, name=f"bridge-handler-{n}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        else:  # sync handlers of records run on the loop go to this pool
+            self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bridge-handler")
         self.high = concurrency + inbound.batch_size
         self._lock = threading.Lock()
-        self._queues: dict[tuple[str, int, bytes | None], deque[tuple[Record, _Watermark]]] = {}
+        self._queues: dict[_Key, deque[tuple[Record, _Watermark]]] = {}
         self._running: dict[Partition, int] = {}  # records started, not done, per partition
         self._marks: dict[Partition, _Watermark] = {}  # consumer thread only
-        self._finished: deque[tuple[Record, Outcome, _Watermark]] = deque()
+        self._finished: deque[tuple[_Watermark, list[tuple[Record, Outcome]], int]] = deque()
+        self._unsettled = 0  # records finished since the last settle
         self._wake = threading.Event()  # ``_wake_at`` records finished and not settled
         self._wake_at = 1
         self._taken = 0  # records submitted and not settled (consumer thread only)
@@ -466,21 +481,21 @@ class KeyScheduler:
     def _wait_finished(self, count: int, timeout: float) -> None:
         """Wait until ``count`` records finished since the last settle, or ``timeout``."""
         self._wake_at = count
-        if len(self._finished) < count:
+        if self._unsettled < count:
             self._wake.wait(timeout)
         self._wake.clear()
 
     def submit(self, records: list[Record]) -> None:
         """Queue records behind their keys; start a worker for each key that was idle."""
         marks = self._marks
-        start: list[tuple[str, int, bytes | None]] = []
+        start: list[_Key] = []
         with self._lock:
             queues = self._queues
             for record in records:
                 tp = (record.topic, record.partition)
                 mark = marks.get(tp)
                 if mark is None:
-                    mark = marks[tp] = _Watermark()
+                    mark = marks[tp] = _Watermark(tp)
                 mark.track(record)
                 key = (record.topic, record.partition, record.key)
                 queue = queues.get(key)
@@ -499,23 +514,27 @@ class KeyScheduler:
         finished = self._finished
         if not finished:
             return
+        with self._lock:
+            self._unsettled = 0
         marks = self._marks
-        moved: dict[Partition, _Watermark] = {}
+        moved: list[_Watermark] = []
         counts = [0] * len(_COUNTERS)
         while finished:
-            record, outcome, mark = finished.popleft()
-            self._taken -= 1
-            if outcome.__class__ is int:
-                if outcome == NOT_DONE:
-                    continue  # stays below the watermark: redelivered
-                counts[outcome] += 1
-            tp = (record.topic, record.partition)
-            if marks.get(tp) is mark:  # not a record of a partition revoked meanwhile
-                mark.done(record)
-                moved[tp] = mark
+            mark, results, abandoned = finished.popleft()
+            self._taken -= len(results) + abandoned
+            live = marks.get(mark.partition) is mark  # not revoked meanwhile
+            for record, outcome in results:
+                if outcome.__class__ is int:
+                    if outcome == NOT_DONE:
+                        continue  # stays below the watermark: redelivered
+                    counts[outcome] += 1
+                if live:
+                    mark.done(record)
+            if live:
+                moved.append(mark)
         self.inbound.count(0, counts)
         store = self.inbound.consumer.store
-        for mark in moved.values():
+        for mark in moved:
             last = mark.take_stored()
             if last is not None:
                 store(last)
@@ -526,6 +545,8 @@ class KeyScheduler:
         gone = {tp for tp in partitions if tp in self._marks}
         if not gone:
             return
+        for tp in gone:
+            self._marks[tp].gone = True  # workers start no more records of these
         dropped = 0
         with self._lock:
             for key, queue in self._queues.items():
@@ -548,7 +569,7 @@ class KeyScheduler:
                 timeout,
             )
         for tp in gone:
-            self._marks.pop(tp, None)
+            self._marks.pop(tp).gone = True
             self._paused.discard(tp)
 
     def drain(self, timeout: float) -> None:
@@ -558,99 +579,133 @@ class KeyScheduler:
         self.revoke(list(self._marks), timeout)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Let the worker threads end (a handler still running past the drain finishes
+        on its own, its record uncommitted)."""
+        for _ in self._threads:
+            self._ready_keys.put(None)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the workers' side ------------------------------------------------------------
 
-    def _start(self, key: tuple[str, int, bytes | None]) -> None:
+    def _start(self, key: _Key) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._spawn_task, key)
             return
         with self._lock:
             self._waiting += 1
-        with contextlib.suppress(RuntimeError):  # a pool shut down: the bridge stopped
-            self.pool.submit(self._run_next, key)
+        self._ready_keys.put(key)
 
-    def _take(self, key: tuple[str, int, bytes | None]) -> tuple[Record, _Watermark] | None:
-        """The next record of ``key``, or None (and the key is idle) when there is none
-        or the bridge is stopping (what has not started is left for redelivery)."""
+    def _work(self) -> None:
+        """A worker thread: runs the keys put in ``_ready_keys`` until it gets None."""
+        ready = self._ready_keys
+        while (key := ready.get()) is not None:
+            try:
+                self._run_next(key)
+            except BaseException:  # a bug here must not end the thread silently
+                log.exception("bridge %s: handler worker failed", self.inbound.service)
+
+    def _take(self, key: _Key, most: int) -> list[tuple[Record, _Watermark]]:
+        """Up to ``most`` next records of ``key``; none (and the key is idle) when there
+        are none or the bridge is stopping (what has not started is redelivered)."""
         with self._lock:
             queue = self._queues[key]
             if not queue or self.inbound.stopping.is_set():
                 del self._queues[key]
-                return None
-            item = queue.popleft()
+                return []
+            if most >= len(queue):
+                items = list(queue)
+                queue.clear()
+            else:
+                items = [queue.popleft() for _ in range(most)]
             tp = key[:2]
-            self._running[tp] = self._running.get(tp, 0) + 1
-            return item
+            self._running[tp] = self._running.get(tp, 0) + len(items)
+            return items
 
-    def _done(self, record: Record, outcome: Outcome, mark: _Watermark) -> None:
-        tp = (record.topic, record.partition)
+    def _done(
+        self, mark: _Watermark, results: list[tuple[Record, Outcome]], abandoned: int
+    ) -> None:
+        """Hand finished records (and the number of taken ones not started) back."""
         with self._lock:
-            self._running[tp] -= 1
-        finished = self._finished
-        finished.append((record, outcome, mark))
-        if len(finished) >= self._wake_at:
+            self._running[mark.partition] -= len(results) + abandoned
+            self._unsettled += len(results)
+            wake = self._unsettled >= self._wake_at
+        self._finished.append((mark, results, abandoned))
+        if wake:
             self._wake.set()
 
-    def _run_next(self, key: tuple[str, int, bytes | None]) -> None:
-        """The records of ``key`` on a pool thread, one at a time. While other keys wait
-        for a thread, the key goes to the back of the pool's queue after each record;
-        while none do, this thread goes on with it (no hand-over per record)."""
+    def _run_next(self, key: _Key) -> None:
+        """The records of ``key`` on a worker thread, in order: all that are queued, taken
+        at once (at most ``concurrency + batch_size``: the bound of the queue). Then, while
+        other keys wait for a thread, the key goes to the back of the line."""
         with self._lock:
             self._waiting -= 1
         inbound = self.inbound
+        stopping = inbound.stopping
+        process = inbound._process
         while True:
-            item = self._take(key)
-            if item is None:
+            items = self._take(key, inbound.batch_size)
+            if not items:
                 return
-            record, mark = item
-            try:
-                outcome = inbound._process(record)
-            except Exception as exc:
-                outcome = inbound._unexpected(record, exc)
-            self._done(record, self._confirmed(outcome), mark)
+            mark = items[0][1]
+            results: list[tuple[Record, Outcome]] = []
+            for record, _ in items:
+                if stopping.is_set() or mark.gone:
+                    break  # the rest is redelivered (or read by the partition's new owner)
+                try:
+                    outcome = process(record)
+                except Exception as exc:
+                    outcome = inbound._unexpected(record, exc)
+                if outcome.__class__ is not int:
+                    outcome = self._confirmed(outcome)
+                results.append((record, outcome))
+            self._done(mark, results, len(items) - len(results))
             if self._waiting:
                 self._start(key)
                 return
 
     def _confirmed(self, outcome: Outcome) -> Outcome:
-        if outcome.__class__ is int:
-            return outcome
+        """Wait for a dead letter's delivery: DEAD_LETTERED, or NOT_DONE when stopping."""
         delivered, unconfirmed = self.inbound.dead_letters.confirm([outcome])  # type: ignore[list-item]
         return NOT_DONE if unconfirmed or not delivered else DEAD_LETTERED
 
-    def _spawn_task(self, key: tuple[str, int, bytes | None]) -> None:
+    def _spawn_task(self, key: _Key) -> None:
         assert self.loop is not None
         self.loop.create_task(self._run_key(key))
 
-    async def _run_key(self, key: tuple[str, int, bytes | None]) -> None:
+    async def _run_key(self, key: _Key) -> None:
         """The records of ``key``, one at a time, as a task on the event loop."""
         slots, stopped = self._slots, self._stopped
         assert slots is not None and stopped is not None
         inbound = self.inbound
         while True:
             async with slots:
-                item = self._take(key)
-                if item is None:
+                items = self._take(key, 1)
+                if not items:
                     return
-                record, mark = item
+                [(record, mark)] = items
+                if mark.gone:
+                    self._done(mark, [], 1)
+                    continue
                 try:
                     outcome = await inbound._process_async(record, stopped)
                 except Exception as exc:
                     outcome = inbound._unexpected(record, exc)
                 if outcome.__class__ is not int:
                     outcome = await asyncio.to_thread(self._confirmed, outcome)
-            self._done(record, outcome, mark)
+            self._done(mark, [(record, outcome)], 0)
 
 
 class _Watermark:
     """The records of one partition taken and not yet settled, in offset order; the
-    last record below which every one is done is the offset to store."""
+    last record below which every one is done is the offset to store. ``gone``: the
+    partition was revoked (or the bridge stopped): start none of its records."""
 
-    __slots__ = ("_done", "_last", "_pending")
+    __slots__ = ("_done", "_last", "_pending", "gone", "partition")
 
-    def __init__(self) -> None:
+    def __init__(self, partition: Partition) -> None:
+        self.partition = partition
+        self.gone = False
         self._pending: deque[Record] = deque()
         self._done: set[int] = set()
         self._last: Record | None = None
@@ -660,6 +715,9 @@ class _Watermark:
 
     def done(self, record: Record) -> None:
         pending, done = self._pending, self._done
+        if not done and pending and pending[0].offset == record.offset:
+            self._last = pending.popleft()  # in order: the common case
+            return
         done.add(record.offset)
         while pending and pending[0].offset in done:
             last = pending.popleft()
