@@ -1,6 +1,7 @@
 """I/O-bound inbound handlers on a real Kafka broker (KAFKA_BOOTSTRAP): concurrency=16 vs 1.
 
     python bench/bench_concurrency.py [--records 2000] [--keys 16] [--latency 0.005]
+    python bench/bench_concurrency.py --lag 1000000   # RSS while a backlog is consumed
 
 One topic of one partition holds ``records`` events over ``keys`` keys. A handler that
 waits ``latency`` seconds (``time.sleep`` for the sync handler, ``await asyncio.sleep``
@@ -8,6 +9,11 @@ for the async one, on the application's event loop via ``async with bridge``) ha
 them, with ``concurrency=1`` and ``concurrency=16`` in the same run. Printed: events/s of
 each and the ratio (target >= 12). Each run checks that every key's events arrived in
 the order they were emitted, and that every event was handled once.
+
+``--lag N``: N events wait on the topic when a ``concurrency=16`` bridge starts, with a
+0.5 ms handler; the RSS of the process is sampled every N/20 handled events. Flat
+means the bridge does not buffer the backlog (it takes at most ``concurrency +
+batch_size`` records at a time and pauses fetching when the handlers stay busy).
 """
 
 from __future__ import annotations
@@ -120,6 +126,46 @@ def run_async(topic: str, records: int, keys: int, latency: float, concurrency: 
     return (records - 1) / (seen.last - seen.first)
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_lag(records: int, keys: int) -> dict[str, Any]:
+    topic = f"bench-lag-{uuid.uuid4().hex[:8]}"
+    KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([topic], 1)
+    fill(topic, records, keys)
+    bus, seen = EventBus(), Seen(records)
+    samples: list[float] = []
+    step = max(1, records // 20)
+
+    @bus.on("job.done")
+    def handle(sender: Any, *, key: int, seq: int) -> None:
+        time.sleep(0.0005)
+        seen.add(key, seq)
+        if seen.count % step == 0:
+            samples.append(rss_mb())
+
+    with bridge_for(bus, topic, 16) as b:
+        deadline = time.monotonic() + 3600
+        while seen.count < records and time.monotonic() < deadline:
+            time.sleep(0.05)
+        received = b.stats.received
+    seen.check(keys)
+    settled = samples[2:]  # after the first tenth: imports, buffers, the first fetches
+    return {
+        "bench": "memory under lag",
+        "records": records,
+        "received": received,
+        "rss_mb": [round(x, 1) for x in samples],
+        "growth_mb": max(settled) - min(settled) if settled else float("nan"),
+        "events_per_s": (records - 1) / (seen.last - seen.first),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,8 +173,17 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--keys", type=int, default=16)
     parser.add_argument("--latency", type=float, default=0.005)
+    parser.add_argument("--lag", type=int, help="measure RSS while N waiting events are read")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
+    if args.lag:
+        result = bench_lag(args.lag, args.keys)
+        print(
+            json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
+        )
+        if args.json:
+            args.json.write_text(json.dumps([result], indent=2))
+        return 0
     topic = f"bench-io-{uuid.uuid4().hex[:8]}"
     KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([topic], 1)
     fill(topic, args.records, args.keys)

@@ -23,6 +23,7 @@ from ._dedup import DedupStore, MemoryDedup
 from ._errors import ConfigError, NotReadyError, TransportError
 from ._inbound import Inbound
 from ._outbound import DeliveryFailureCallback, Outbound
+from ._retry_topics import RetryTopics
 from ._routes import Route
 from ._stats import Stats
 from ._transport import Transport
@@ -46,9 +47,10 @@ class Bridge:
     the ``bridge`` logger, ``stats``); inbound is at-least-once, in partition order; a
     handler that raises is retried ``max_attempts - 1`` times with exponential backoff
     from ``backoff`` seconds, then the record goes to the route's dead-letter topic, as
-    do records that cannot be decoded or validated. Event ids seen within
-    ``dedup_window`` seconds are dropped. Records of types no inbound route names are
-    skipped (``unrouted="skip"``) or dead-lettered (``"dlq"``).
+    do records that cannot be decoded or validated. A route with ``retry_delays`` sends
+    such a record to delayed retry topics first (``Route``; docs/reliability.md). Event
+    ids seen within ``dedup_window`` seconds are dropped. Records of types no inbound
+    route names are skipped (``unrouted="skip"``) or dead-lettered (``"dlq"``).
 
     Reliability options (docs/reliability.md): ``outbox``, the path of a SQLite file (or
     an ``Outbox``, or a ``SqlOutbox``: events written in the application's own database
@@ -168,8 +170,9 @@ class Bridge:
 
     @property
     def topics(self) -> list[str]:
-        """Every topic the bridge uses: routes' topics and dead-letter topics."""
+        """Every topic the bridge uses: routes' topics, dead-letter and retry topics."""
         names = [r.topic for r in self.routes] + [r.dead_letter_topic for r in self._in_routes]
+        names += [t for r in self._in_routes for t in r.retry_topics]
         return list(dict.fromkeys(names))
 
     @property
@@ -226,6 +229,10 @@ class Bridge:
             stopping=self._stopping,
         )
         topics = list(dict.fromkeys(r.topic for r in self._in_routes))
+        retry_topics = None
+        if any(r.retry_delays for r in self._in_routes):
+            retry_topics = RetryTopics(self._in_routes)
+            topics += [t for t in retry_topics.topics if t not in topics]
         consumer = self.transport.consumer(self.group, topics, on_revoke=self._revoked)
         inbound = self._inbound = Inbound(
             self.bus,
@@ -247,6 +254,7 @@ class Bridge:
             drain_timeout=self.drain_timeout,
             stopping=self._stopping,
             loop=self._loop,
+            retry_topics=retry_topics,
         )
         inbound.start()
         if not inbound.ready.wait(max(0.0, deadline - time.monotonic())):

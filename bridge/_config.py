@@ -97,6 +97,33 @@ def _text_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a text such as ``"10s"``, ``"1m"``, ``"1.5h"``, ``"500ms"``
+    or ``"30"`` (seconds); ValueError for anything else, or a negative duration."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        unit = next((u for u in ("ms", "s", "m", "h", "d") if text.endswith(u)), "")
+        number = text[: len(text) - len(unit)].strip()
+        try:
+            seconds = float(number) * _UNITS.get(unit, 1.0)
+        except ValueError:
+            raise ValueError(
+                f"not a duration: {value!r} (a number of seconds, or e.g. '10s', '1m', '2h')"
+            ) from None
+    else:
+        raise ValueError(f"not a duration: {value!r}")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"not a duration: {value!r} (must be finite and not negative)")
+    return seconds
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -188,7 +215,7 @@ BRIDGE_CONSTRUCTOR_KEYS = (
     "outbox_max_events",
     "dedup_path",
 )
-ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq")
+ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq", "retry_delays", "retry_topic")
 SECTIONS = ("bridge", "kafka", "route")
 
 
@@ -281,6 +308,8 @@ def describe_route(route: Route) -> str:
         text += f" (key {route.key})"
     if route.is_inbound:
         text += f" (dead letters to {route.dead_letter_topic})"
+    if route.retry_topics:
+        text += f" (retries via {', '.join(dict.fromkeys(route.retry_topics))})"
     return text
 
 
@@ -497,11 +526,22 @@ def _route(number: int, data: Any, source: str) -> Route:
         raise ConfigError(
             f"{where}: signals expects a string or a list of strings, got {_type_name(signals)}"
         )
-    for key in ("topic", "direction", "key", "dlq"):
+    for key in ("topic", "direction", "key", "dlq", "retry_topic"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(
                 f"{where}: {key} expects a string, got {_type_name(data[key])} ({data[key]!r})"
             )
+    delays = data.get("retry_delays", [])
+    if not isinstance(delays, list):
+        raise ConfigError(
+            f'{where}: retry_delays expects a list of durations, e.g. ["10s", "1m", "10m"], '
+            f"got {_type_name(delays)}"
+        )
+    try:
+        seconds = tuple(parse_duration(d) for d in delays)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: retry_delays: {exc}") from None
+    extra = {"retry_topic": data["retry_topic"]} if "retry_topic" in data else {}
     try:
         return Route(
             (signals,) if isinstance(signals, str) else tuple(signals),
@@ -509,6 +549,8 @@ def _route(number: int, data: Any, source: str) -> Route:
             data["direction"],
             key=data.get("key"),
             dlq=data.get("dlq"),
+            retry_delays=seconds,
+            **extra,
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None

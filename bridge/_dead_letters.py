@@ -1,15 +1,19 @@
 """Dead letters: inbound records that could not be handled, with the reason, on a topic.
 
 A dead letter keeps the original key, value and headers and adds ``eventbus-dlq-*``
-headers (reason, error, topic, partition, offset, attempts, service, handler). Its
+headers (reason, error, topic, partition, offset, attempts, service; for handler failures
+handler, handlers (a JSON list of every failed one) and a bounded traceback). Its
 delivery is confirmed before the original record's offset may be stored, so a record
 is never committed unless it was handled or its dead letter is safely on the broker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import traceback
+from collections.abc import Sequence
 
 from eventbus import HandlerFailure, handler_name
 
@@ -23,12 +27,15 @@ log = logging.getLogger("bridge")
 class DeadLetter:
     """A record on its way to a dead-letter topic, and the outcome of its delivery."""
 
-    __slots__ = ("delivered", "error", "headers", "record", "topic")
+    __slots__ = ("counted", "delivered", "error", "headers", "record", "topic")
 
-    def __init__(self, record: Record, topic: str, headers: list[tuple[str, bytes]]) -> None:
+    def __init__(
+        self, record: Record, topic: str, headers: list[tuple[str, bytes]], counted: bool = True
+    ) -> None:
         self.record = record
         self.topic = topic
         self.headers = headers
+        self.counted = counted  # a dead letter; False: a record on its way to a retry topic
         self.delivered = threading.Event()
         self.error: Exception | None = None
 
@@ -82,26 +89,48 @@ class DeadLetters:
         topic: str,
         reason: str,
         error: str,
-        failure: HandlerFailure | None,
+        failures: Sequence[HandlerFailure],
         attempts: int,
+        *,
+        origin: tuple[str, int, int] | None = None,
+        extra: Sequence[tuple[str, bytes]] = (),
     ) -> DeadLetter:
-        """Build the dead letter of ``record`` and produce it, without waiting."""
-        headers = [
-            *record.headers,
+        """Build the dead letter of ``record`` and produce it, without waiting.
+
+        ``origin`` is the (topic, partition, offset) the record was first read from when
+        that is not ``record``'s own (a record of a retry topic); ``extra`` headers are
+        added after the ``eventbus-dlq-*`` ones.
+        """
+        topic_, partition, offset = origin or (record.topic, record.partition, record.offset)
+        headers = [h for h in record.headers if not h[0].startswith(DLQ_PREFIX)]
+        headers += [
             (DLQ_PREFIX + "reason", reason.encode(errors="replace")[:4096]),
             (DLQ_PREFIX + "error", error.encode()),
-            (DLQ_PREFIX + "topic", record.topic.encode()),
-            (DLQ_PREFIX + "partition", str(record.partition).encode()),
-            (DLQ_PREFIX + "offset", str(record.offset).encode()),
+            (DLQ_PREFIX + "topic", topic_.encode()),
+            (DLQ_PREFIX + "partition", str(partition).encode()),
+            (DLQ_PREFIX + "offset", str(offset).encode()),
             (DLQ_PREFIX + "attempts", str(attempts).encode()),
             (DLQ_PREFIX + "service", self.service.encode()),
         ]
-        if failure is not None:
-            headers.append((DLQ_PREFIX + "handler", handler_name(failure.handler).encode()))
+        if failures:
+            names = [handler_name(f.handler) for f in failures]
+            headers += [
+                (DLQ_PREFIX + "handler", names[0].encode()),
+                (DLQ_PREFIX + "handlers", json.dumps(names).encode()),
+                (DLQ_PREFIX + "traceback", traceback_summary(failures)),
+            ]
+        headers += extra
         log.warning(
             "bridge %s: dead-lettering %s to %s: %s", self.service, where(record), topic, reason
         )
         letter = DeadLetter(record, topic, headers)
+        self._send(letter)
+        return letter
+
+    def forward(self, record: Record, topic: str, headers: list[tuple[str, bytes]]) -> DeadLetter:
+        """Produce ``record`` with ``headers`` to ``topic`` (a retry topic), without waiting;
+        confirmed with the dead letters, not counted as one."""
+        letter = DeadLetter(record, topic, headers, counted=False)
         self._send(letter)
         return letter
 
@@ -128,17 +157,22 @@ class DeadLetters:
     def confirm(self, letters: list[DeadLetter]) -> tuple[int, set[tuple[str, int]]]:
         """Wait until ``letters`` are delivered, resending failed ones with backoff.
 
-        Returns how many were delivered, and the partitions whose dead letters could not
-        be confirmed because the bridge is stopping: their offsets must not be stored
-        (the records come again).
+        Returns how many dead letters were delivered (records forwarded to a retry topic
+        are confirmed the same way, and not counted), and the partitions whose letters
+        could not be confirmed because the bridge is stopping: their offsets must not be
+        stored (the records come again).
         """
         producer = self._producer_now()
         delivered = 0
         delay = self.backoff
         while letters:
             producer.flush(self.drain_timeout)
-            failed = [letter for letter in letters if not letter.wait(self.drain_timeout)]
-            delivered += len(letters) - len(failed)
+            failed = []
+            for letter in letters:
+                if letter.wait(self.drain_timeout):
+                    delivered += letter.counted
+                else:
+                    failed.append(letter)
             if not failed:
                 break
             log.error(
@@ -159,6 +193,31 @@ class DeadLetters:
         """Flush and close the producer made for dead letters, if one was."""
         if self._producer is not None and self._producer is not self._shared:
             self._producer.close(timeout)
+
+
+TRACEBACK_LIMIT = 8192
+"""At most this many bytes of traceback text go into ``eventbus-dlq-traceback``."""
+
+
+def traceback_summary(failures: Sequence[HandlerFailure], limit: int = TRACEBACK_LIMIT) -> bytes:
+    """The tracebacks of ``failures``, each under its handler's name, at most ``limit``
+    bytes in all: the innermost frames, and the exception's text cut to a quarter of
+    each one's share (a huge message must not push the frames out)."""
+    share = max(512, limit // len(failures)) if failures else limit
+    parts = []
+    for failure in failures:
+        exc = failure.exception
+        tb = traceback.TracebackException.from_exception(exc, limit=-8)
+        frames = "".join(tb.stack.format()).encode(errors="replace")
+        message = "".join(tb.format_exception_only()).encode(errors="replace")
+        if len(message) > share // 4:
+            message = message[: share // 4 - 4] + b"...\n"
+        head = f"handler {handler_name(failure.handler)}:\n".encode()
+        room = share - len(head) - len(message)
+        if len(frames) > room:
+            frames = b"...\n" + frames[-(room - 4) :] if room > 4 else b""
+        parts.append(head + frames + message)
+    return b"\n".join(parts)[:limit]
 
 
 def where(record: Record) -> str:

@@ -37,6 +37,8 @@ from ._dedup import DedupStore
 from ._envelope import Envelope, read_envelope, trace_context
 from ._errors import DecodeError
 from ._remote import Remote
+from ._rerun import RERUN_ID, RerunError, read_rerun
+from ._retry_topics import Redo, RetryTopics
 from ._routes import Route
 from ._stats import Stats
 from ._transport import Consumer, Record
@@ -44,17 +46,26 @@ from ._transport import Consumer, Record
 log = logging.getLogger("bridge")
 
 # What happened to a record (an index into the counters), or the dead letter it became.
-HANDLED, ECHO, UNROUTED, DUPLICATE, DEAD_LETTERED, NOT_DONE = range(6)
-"""``NOT_DONE``: the bridge stopped before the record was done; it is redelivered."""
+HANDLED, ECHO, UNROUTED, DUPLICATE, DEAD_LETTERED, RETRY_SCHEDULED, NOT_DONE = range(7)
+"""``NOT_DONE``: the bridge stopped before the record was done; it is redelivered.
+``RETRY_SCHEDULED``: sent to a delayed retry topic (``_retry_topics``)."""
 Outcome: TypeAlias = int | DeadLetter
-_COUNTERS = ("handled", "echoes", "unrouted", "duplicates", "dead_lettered")
+_COUNTERS = (
+    "handled",
+    "echoes",
+    "unrouted",
+    "duplicates",
+    "dead_lettered",
+    "retries_scheduled",
+)
 
 Partition: TypeAlias = tuple[str, int]
 PAUSE_AFTER = 1.0
 """Seconds the handlers may keep the scheduler full before fetching is paused."""
 _Key: TypeAlias = tuple[str, int, bytes | None]
 """What a record waits behind: its topic, partition and Kafka key."""
-_Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote]
+_Job: TypeAlias = tuple[Route, Envelope, str, Any, Remote, Redo | None]
+"""``Redo``: a rerun or a delayed retry (some handlers only), else None."""
 _new_remote = tuple.__new__
 
 
@@ -87,6 +98,7 @@ class Inbound:
         drain_timeout: float,
         stopping: threading.Event,
         loop: asyncio.AbstractEventLoop | None = None,
+        retry_topics: RetryTopics | None = None,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -106,6 +118,7 @@ class Inbound:
         self.concurrency = concurrency
         self.drain_timeout = drain_timeout
         self.loop = loop
+        self.retries = retry_topics  # delayed retry topics (_retry_topics), if any route has them
         self._cache: dict[tuple[str, str], Route | None] = {}
         self._thread: threading.Thread | None = None
         self.stopping = stopping
@@ -155,6 +168,8 @@ class Inbound:
                     records = scheduler.fetch(consumer, self.batch_size)
                 if not self.ready.is_set() and consumer.is_ready():
                     self.ready.set()
+                if self.retries is not None:  # hold back retries not due; resume due ones
+                    records = self.retries.hold(consumer, records, self.service)
                 if records:
                     if scheduler is None:
                         self._handle_batch(records)
@@ -199,6 +214,7 @@ class Inbound:
         if letters:
             delivered, unconfirmed = self.dead_letters.confirm(letters)
             counts[DEAD_LETTERED] += delivered
+            counts[RETRY_SCHEDULED] += sum(not x.counted and x.wait(0) for x in letters)
         self.count(received, counts)
         store = self.consumer.store
         for partition, record in done.items():
@@ -218,7 +234,7 @@ class Inbound:
     def _unexpected(self, record: Record, exc: Exception) -> Outcome:
         log.exception("bridge %s: unexpected error on %s", self.service, where(record))
         reason = f"unexpected error: {exc!r}"
-        return self._dead_letter(record, None, reason, type(exc).__name__, None, 0)
+        return self._dead_letter(record, None, reason, type(exc).__name__, (), 0)
 
     def _prepare(self, record: Record) -> _Job | Outcome:
         """Decode and route one record: the job of running its handlers, or the outcome
@@ -231,41 +247,98 @@ class Inbound:
             value = record.value
             payload = self.codec.decode(value if value is not None else b"")
         except DecodeError as exc:
-            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", None, 0)
+            return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", (), 0)
         topic = record.topic
         route = self._cache.get((topic, name))
         if route is None and (topic, name) not in self._cache:
             route = self._route_of(topic, name)
         if route is None:
+            retries = self.retries
+            if retries is not None and (retrying := retries.route_of(topic)) is not None:
+                return retries.prepare(self, record, retrying, envelope, payload)
             if self.unrouted == "dlq":
                 reason = f"no inbound route for type {name!r} on this topic"
-                return self._dead_letter(record, None, reason, "unrouted", None, 0)
+                return self._dead_letter(record, None, reason, "unrouted", (), 0)
             return UNROUTED
+        if record.headers[-1][0] == RERUN_ID:  # a replay: some handlers only (_rerun)
+            return self._rerun(record, route, envelope, payload)
         if self.dedup.seen(event_id):
             return DUPLICATE
         sender = _new_remote(
             Remote, (source, event_id, at, topic, record.partition, record.offset, self.bridge_id)
         )
-        return (route, envelope, name, payload, sender)
+        return (route, envelope, name, payload, sender, None)
+
+    def _rerun(
+        self, record: Record, route: Route, envelope: Envelope, payload: Any
+    ) -> _Job | Outcome:
+        """A record sent again for this service's handlers that failed: the job of running
+        those only. Skipped by other services; deduplicated by its own id (``_rerun``)."""
+        try:
+            rerun = read_rerun(record.headers)
+        except RerunError as exc:
+            return self._dead_letter(record, route, f"bad rerun headers: {exc}", "rerun", (), 0)
+        if rerun.service != self.service:
+            return DUPLICATE  # another service's handlers failed, not ours
+        key = f"{envelope.id}#{rerun.id}"
+        if self.dedup.seen(key):
+            return DUPLICATE
+        handlers = self.subscribed(record, envelope.type, rerun.handlers)
+        if handlers is not None and not handlers:
+            names = ", ".join(sorted(rerun.handlers or ()))
+            reason = f"none of the handlers to rerun is subscribed: {names}"
+            return self._dead_letter(record, route, reason, "rerun", (), 0)
+        sender = _new_remote(
+            Remote,
+            (
+                envelope.source,
+                envelope.id,
+                envelope.time,
+                record.topic,
+                record.partition,
+                record.offset,
+                self.bridge_id,
+            ),
+        )
+        return (route, envelope, envelope.type, payload, sender, Redo(key, handlers, None))
+
+    def subscribed(
+        self, record: Record, name: str, handlers: frozenset[str] | None
+    ) -> frozenset[str] | None:
+        """The ones of ``handlers`` still subscribed to ``name`` (None: all handlers)."""
+        if handlers is None:
+            return None
+        present = handlers.intersection(self.bus.handler_names(name))
+        if present and len(present) < len(handlers):
+            log.warning(
+                "bridge %s: %s: handler(s) to run again no longer subscribed: %s",
+                self.service,
+                where(record),
+                ", ".join(sorted(handlers - present)),
+            )
+        return frozenset(present)
 
     def _process(self, record: Record) -> Outcome:
         """Process one record to the end on this thread. Never raises for bad input."""
         job = self._prepare(record)
         if job.__class__ is not tuple:
             return job  # type: ignore[return-value]
-        route, envelope, name, payload, sender = job
+        route, envelope, name, payload, sender, redo = job
         traceparent = envelope.traceparent
         try:
-            if traceparent is None:
+            if redo is not None:
+                with _maybe_trace(envelope):
+                    failures = self.bus.dispatch(name, sender, payload, handlers=redo.handlers)
+            elif traceparent is None:
                 failures = self.bus.dispatch(name, sender, payload)
             else:
                 with trace_context(traceparent, envelope.tracestate):
                     failures = self.bus.dispatch(name, sender, payload)
         except PayloadError as exc:
             return self._dead_letter(
-                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+                record, route, f"invalid payload: {exc}", "PayloadError", (), 0
             )
-        if not failures:
+        if not failures and redo is None:
             self.dedup.add(envelope.id)
             return HANDLED
         attempts = 1
@@ -277,21 +350,24 @@ class Inbound:
             attempts += 1
             self._retried()
             failures = _retry(failures, envelope)
-        return self._finish(record, route, envelope, failures, attempts)
+        return self._finish(record, route, envelope, failures, attempts, redo)
 
     async def _process_async(self, record: Record, stopped: asyncio.Event) -> Outcome:
         """Process one record to the end on the event loop (``concurrency`` on a loop)."""
         job = self._prepare(record)
         if job.__class__ is not tuple:
             return job  # type: ignore[return-value]
-        route, envelope, name, payload, sender = job
+        route, envelope, name, payload, sender, redo = job
         executor = self._scheduler.pool if self._scheduler is not None else None
+        handlers = redo.handlers if redo is not None else None
         try:
             with _maybe_trace(envelope):
-                failures = await self.bus.dispatch_async(name, sender, payload, executor=executor)
+                failures = await self.bus.dispatch_async(
+                    name, sender, payload, executor=executor, handlers=handlers
+                )
         except PayloadError as exc:
             return self._dead_letter(
-                record, route, f"invalid payload: {exc}", "PayloadError", None, 0
+                record, route, f"invalid payload: {exc}", "PayloadError", (), 0
             )
         attempts = 1
         delay = self.backoff
@@ -305,7 +381,7 @@ class Inbound:
             attempts += 1
             self._retried()
             failures = await _retry_async(failures, envelope)
-        return self._finish(record, route, envelope, failures, attempts)
+        return self._finish(record, route, envelope, failures, attempts, redo)
 
     def _finish(
         self,
@@ -314,19 +390,30 @@ class Inbound:
         envelope: Envelope,
         failures: list[HandlerFailure],
         attempts: int,
+        redo: Redo | None = None,
     ) -> Outcome:
         if not failures:
-            self.dedup.add(envelope.id)
+            self.dedup.add(envelope.id if redo is None else redo.key)
+            if redo is not None and redo.retry is not None:
+                self.count_retry("retries_handled")
             return HANDLED
         first = failures[0]
         reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"
+        if route.retry_delays and self.retries is not None:  # later, on a retry topic
+            retry = redo.retry if redo is not None else None
+            return self.retries.schedule(self, record, route, failures, reason, retry)
         return self._dead_letter(
-            record, route, reason, type(first.exception).__name__, first, attempts
+            record, route, reason, type(first.exception).__name__, failures, attempts
         )
 
     def _retried(self) -> None:
         with self._stats_lock:
             self._stats.retried += 1
+
+    def count_retry(self, counter: str) -> None:
+        """Add one to a delayed-retry counter of ``Stats`` (any thread)."""
+        with self._stats_lock:
+            setattr(self._stats, counter, getattr(self._stats, counter) + 1)
 
     def _route_of(self, topic: str, name: str) -> Route | None:
         route = next((r for r in self.routes if r.topic == topic and r.matches(name)), None)
@@ -341,7 +428,7 @@ class Inbound:
         route: Route | None,
         reason: str,
         error: str,
-        failure: HandlerFailure | None,
+        failures: Sequence[HandlerFailure],
         attempts: int,
     ) -> DeadLetter:
         """Produce ``record`` with the reason to the dead-letter topic, without waiting.
@@ -351,8 +438,10 @@ class Inbound:
         """
         if route is None:
             route = next((r for r in self.routes if r.topic == record.topic), None)
+            if route is None and self.retries is not None:
+                route = self.retries.route_of(record.topic)
         topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
-        return self.dead_letters.letter(record, topic, reason, error, failure, attempts)
+        return self.dead_letters.letter(record, topic, reason, error, failures, attempts)
 
 
 def _maybe_trace(envelope: Envelope) -> contextlib.AbstractContextManager[None]:
@@ -665,9 +754,15 @@ class KeyScheduler:
                 return
 
     def _confirmed(self, outcome: Outcome) -> Outcome:
-        """Wait for a dead letter's delivery: DEAD_LETTERED, or NOT_DONE when stopping."""
-        delivered, unconfirmed = self.inbound.dead_letters.confirm([outcome])  # type: ignore[list-item]
-        return NOT_DONE if unconfirmed or not delivered else DEAD_LETTERED
+        """Wait for a dead letter's (or a retry record's) delivery: DEAD_LETTERED or
+        RETRY_SCHEDULED, or NOT_DONE when the bridge stops first."""
+        if outcome.__class__ is int:
+            return outcome
+        letter: DeadLetter = outcome  # type: ignore[assignment]
+        delivered, unconfirmed = self.inbound.dead_letters.confirm([letter])
+        if unconfirmed or (letter.counted and not delivered):
+            return NOT_DONE
+        return DEAD_LETTERED if letter.counted else RETRY_SCHEDULED
 
     def _spawn_task(self, key: _Key) -> None:
         assert self.loop is not None

@@ -144,6 +144,10 @@ def _client_config(
     return merged
 
 
+def where(record: Record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
 def _translate(exc: KafkaException, what: str) -> TransportError:
     err = exc.args[0] if exc.args else None
     if isinstance(err, KafkaError):
@@ -348,6 +352,7 @@ class _KafkaConsumer(Consumer):
         self._on_revoke = on_revoke
         self._start_timeout = start_timeout
         self._assigned: set[tuple[str, int]] = set()
+        self._starts: dict[tuple[str, int], int] = {}
         self._ready = False
         self._closed = False
         self._consumer.subscribe(
@@ -365,6 +370,8 @@ class _KafkaConsumer(Consumer):
         consumer.incremental_assign(partitions)
         gained = [(tp.topic, tp.partition) for tp in partitions]
         self._assigned.update(gained)
+        for tp in partitions:
+            self._starts[(tp.topic, tp.partition)] = tp.offset
         if self._on_assign is not None:
             self._on_assign(gained)
         self._ready = True
@@ -523,6 +530,27 @@ class _KafkaConsumer(Consumer):
     def assignment(self) -> list[tuple[str, int]]:
         return sorted(self._assigned)
 
+    def position(self, topic: str, partition: int) -> int | None:
+        if (topic, partition) not in self._assigned:
+            return None
+        try:
+            [tp] = self._consumer.position([TopicPartition(topic, partition)])
+        except (KafkaException, RuntimeError) as exc:
+            raise TransportError(
+                f"cannot read the position of {topic}[{partition}]: {exc}"
+            ) from exc
+        # Nothing returned yet: the start fixed at assignment (or by the last pause).
+        return int(tp.offset) if tp.offset >= 0 else self._starts.get((topic, partition))
+
+    def seek(self, record: Record) -> None:
+        tp = TopicPartition(record.topic, record.partition, record.offset)
+        try:
+            # Drops what was fetched after the record; fetching restarts at it.
+            self._consumer.seek(tp)
+        except (KafkaException, RuntimeError) as exc:
+            raise TransportError(f"cannot seek {where(record)}: {exc}") from exc
+        self._starts[(record.topic, record.partition)] = record.offset
+
     def close(self) -> None:
         if self._closed:
             return
@@ -661,6 +689,45 @@ class KafkaTransport(Transport):
             if time.monotonic() >= deadline:
                 raise TransportError(f"topics not ready after {timeout}s: {pending}")
             time.sleep(0.05)  # metadata has no change notification; poll it briefly
+
+    def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """Per partition: the earliest and the latest offset (AdminClient.list_offsets)."""
+        deadline = time.monotonic() + timeout
+        meta = self._metadata(timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise TransportError(f"no offsets of {topic!r}: no such topic")
+        marks: dict[int, list[int]] = {p: [0, 0] for p in meta.partitions}
+        specs: Any = getattr(confluent_kafka.admin, "OffsetSpec")  # noqa: B009 - untyped
+        for index, spec in enumerate((specs.earliest(), specs.latest())):
+            request = {TopicPartition(topic, p): spec for p in marks}
+            try:
+                futures = self._admin_client().list_offsets(
+                    request, request_timeout=max(deadline - time.monotonic(), 0.001)
+                )
+                for tp, future in futures.items():
+                    result = future.result(timeout=max(deadline - time.monotonic(), 0.001))
+                    marks[tp.partition][index] = int(result.offset)
+            except KafkaException as exc:
+                raise _translate(exc, f"cannot read the offsets of {topic!r}") from exc
+            except TimeoutError as exc:
+                raise TransportError(f"reading the offsets of {topic!r} timed out") from exc
+        return {p: (low, high) for p, (low, high) in sorted(marks.items())}
+
+    def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
+        """Delete the records before the given offsets (AdminClient.delete_records)."""
+        if not before:
+            return
+        partitions = [TopicPartition(topic, p, o) for p, o in sorted(before.items())]
+        try:
+            futures = self._admin_client().delete_records(
+                partitions, request_timeout=max(timeout, 0.001)
+            )
+            for future in futures.values():
+                future.result(timeout=max(timeout, 0.001))
+        except KafkaException as exc:
+            raise _translate(exc, f"cannot delete records of {topic!r}") from exc
+        except TimeoutError as exc:
+            raise TransportError(f"deleting records of {topic!r} timed out") from exc
 
     def close(self) -> None:
         """Drop the shared admin client. Idempotent."""

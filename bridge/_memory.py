@@ -48,7 +48,7 @@ import time
 import weakref
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from ._errors import QueueFullError, TransportError
@@ -83,6 +83,7 @@ class MemoryBroker:
         self.default_partitions = default_partitions
         self._cond = threading.Condition()
         self._logs: dict[str, list[list[Record]]] = {}
+        self._low: dict[tuple[str, int], int] = {}  # first offset kept (delete_records)
         self._next_keyless: dict[str, int] = {}
         self._committed: dict[tuple[str, str, int], int] = {}
         self._groups: dict[str, list[_MemoryConsumer]] = {}
@@ -376,7 +377,11 @@ class _MemoryConsumer(Consumer):
                 committed = broker._committed.get((self.group, topic, partition))
                 if committed is None:
                     # As KafkaTransport: the resolved start is committed at once.
-                    committed = 0 if self._earliest else len(broker._logs[topic][partition])
+                    committed = (
+                        broker._low.get((topic, partition), 0)
+                        if self._earliest
+                        else len(broker._logs[topic][partition])
+                    )
                     broker._committed[(self.group, topic, partition)] = committed
                 self._positions[(topic, partition)] = committed
             if revoked:
@@ -392,6 +397,9 @@ class _MemoryConsumer(Consumer):
             if tp in self._paused:
                 continue
             position = self._positions[tp]
+            low = self._broker._low.get(tp, 0)
+            if position < low:  # deleted records: Kafka resets to the first one kept
+                position = self._positions[tp] = low
             log = self._broker._logs[tp[0]][tp[1]]
             if position < len(log):
                 self._positions[tp] = position + 1
@@ -451,6 +459,17 @@ class _MemoryConsumer(Consumer):
 
     def assignment(self) -> list[TopicPartition]:
         return sorted(self._positions)
+
+    def position(self, topic: str, partition: int) -> int | None:
+        with self._cond:
+            return self._positions.get((topic, partition))
+
+    def seek(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        with self._cond:
+            if tp not in self._positions:
+                raise TransportError(f"cannot seek {tp}: not assigned")
+            self._positions[tp] = record.offset
 
     def close(self) -> None:
         if self._closed:
@@ -530,6 +549,30 @@ class MemoryTransport(Transport):
         with self.broker._cond:
             for topic in topics:
                 self.broker._create(topic, partitions)
+
+    def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """Per partition: the first offset kept and the end. Never blocks."""
+        broker = self.broker
+        with broker._cond:
+            logs = broker._logs.get(topic)
+            if logs is None:
+                raise TransportError(f"no offsets of {topic!r}: no such topic")
+            return {p: (broker._low.get((topic, p), 0), len(log)) for p, log in enumerate(logs)}
+
+    def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
+        """Delete the records before the given offsets (their slots are freed)."""
+        broker = self.broker
+        with broker._cond:
+            logs = broker._logs.get(topic)
+            if logs is None:
+                raise TransportError(f"cannot delete records of {topic!r}: no such topic")
+            for partition, offset in before.items():
+                if not 0 <= partition < len(logs) or not 0 <= offset <= len(logs[partition]):
+                    raise TransportError(f"cannot delete {topic}[{partition}] before {offset}")
+                low = broker._low.get((topic, partition), 0)
+                for i in range(low, offset):
+                    logs[partition][i] = None  # type: ignore[call-overload]
+                broker._low[(topic, partition)] = max(low, offset)
 
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
         """Return ``{topic: partition count}``. Never blocks."""

@@ -10,14 +10,16 @@ end offsets the consumer already knows (no broker round trip), refreshed every s
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ._bridge import Bridge
-from ._errors import ConfigError
+from ._errors import ConfigError, TransportError
 
+log = logging.getLogger("bridge.metrics")
 INSTALL_HINT = "pip install eventbus-bridge[metrics]"
 
 # (metric name without _total, Stats field, help)
@@ -36,6 +38,17 @@ COUNTERS = (
         "dead_lettered",
         "Records sent to a dead-letter topic (failed handlers, undecodable, unrouted).",
     ),
+    (
+        "eventbus_bridge_retries_scheduled",
+        "retries_scheduled",
+        "Records sent to a delayed retry topic.",
+    ),
+    ("eventbus_bridge_retries_due", "retries_due", "Delayed retries that came due and ran."),
+    (
+        "eventbus_bridge_retries_handled",
+        "retries_handled",
+        "Delayed retries whose handlers all succeeded.",
+    ),
     ("eventbus_bridge_duplicates", "duplicates", "Inbound events dropped as duplicates."),
     ("eventbus_bridge_echoes", "echoes", "Inbound records skipped as this bridge's own."),
     ("eventbus_bridge_unrouted", "unrouted", "Inbound records of a type no route names."),
@@ -50,6 +63,10 @@ def require_prometheus() -> Any:
     except ImportError:
         raise ConfigError(f"metrics need prometheus-client: {INSTALL_HINT}") from None
     return prometheus_client
+
+
+DEPTH_TIMEOUT = 2.0
+"""Seconds a scrape waits for the dead-letter topics' offsets before it leaves them out."""
 
 
 class BridgeCollector:
@@ -83,11 +100,37 @@ class BridgeCollector:
             )
             lag.add_metric([bridge.service], stats.consumer_lag)
             yield lag
+        depth = self._dead_letter_depth(core, labels)
+        if depth is not None:
+            yield depth
         healthy = core.GaugeMetricFamily(
             "eventbus_bridge_healthy", "1 while the bridge runs and is healthy.", labels=labels
         )
         healthy.add_metric([bridge.service], 1.0 if bridge.healthy else 0.0)
         yield healthy
+
+    def _dead_letter_depth(self, core: Any, labels: list[str]) -> Any:
+        """Records in each dead-letter topic (end minus first offset), from the broker;
+        None when it does not answer in ``DEPTH_TIMEOUT`` (the scrape goes on)."""
+        bridge = self.bridge
+        topics = list(dict.fromkeys(r.dead_letter_topic for r in bridge.routes if r.is_inbound))
+        if not topics:
+            return None
+        family = core.GaugeMetricFamily(
+            "eventbus_bridge_dead_letter_records",
+            "Records in a dead-letter topic (its end offsets minus its first ones).",
+            labels=[*labels, "topic"],
+        )
+        for topic in topics:
+            try:
+                marks = bridge.transport.watermarks(topic, DEPTH_TIMEOUT)
+            except TransportError as exc:
+                log.debug("no offsets of %s for /metrics: %s", topic, exc)
+                continue
+            family.add_metric(
+                [bridge.service, topic], sum(high - low for low, high in marks.values())
+            )
+        return family
 
 
 class MetricsServer:

@@ -21,6 +21,12 @@ class Stats:
     handled: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    retries_scheduled: int = 0
+    """Records sent to a delayed retry topic (confirmed or not)."""
+    retries_due: int = 0
+    """Records of retry topics that came due and were run again."""
+    retries_handled: int = 0
+    """Of those, the ones whose handlers all succeeded."""
     duplicates: int = 0
     echoes: int = 0
     unrouted: int = 0

@@ -8,8 +8,10 @@ runs one suite against both): ``KafkaTransport`` (confluent-kafka) and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
+
+from ._errors import TransportError
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -156,6 +158,18 @@ class Consumer(ABC):
         """The ``(topic, partition)`` pairs assigned to this member now."""
 
     @abstractmethod
+    def position(self, topic: str, partition: int) -> int | None:
+        """The offset of the next record this member returns from an assigned partition
+        (after the last one returned, else its start); None when it is not assigned."""
+
+    @abstractmethod
+    def seek(self, record: Record) -> None:
+        """Rewind ``record``'s (assigned) partition to ``record``: it is the next record
+        returned from that partition, then the ones after it (also those already returned
+        after it). Paused or not, the partition stays so. ``TransportError`` if it fails
+        (a partition revoked meanwhile: its new owner reads from the committed offset)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Commit stored offsets, leave the group, release the consumer. Idempotent."""
 
@@ -207,6 +221,18 @@ class Transport(ABC):
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
         """Return ``{topic: partition count}`` for every topic; ``TransportError`` if the
         broker cannot be reached within ``timeout`` seconds."""
+
+    @abstractmethod
+    def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """Per partition of ``topic``: its first offset and the offset its next record will
+        get, from the broker. ``TransportError`` for a missing topic or after ``timeout``."""
+
+    def delete_records(self, topic: str, before: Mapping[int, int], timeout: float = 30.0) -> None:
+        """Delete the records of ``topic`` before offset ``before[partition]`` of each
+        partition (Kafka's DeleteRecords: a log is cut from its start only; its first
+        offset moves up). ``TransportError`` if the broker refuses or does not answer in
+        ``timeout`` seconds; the default refuses (an optional operation)."""
+        raise TransportError(f"{type(self).__name__} cannot delete records")
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release shared resources (admin clients). Idempotent."""

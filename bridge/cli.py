@@ -49,6 +49,7 @@ examples:
   eventbus-bridge check -c message-service.toml
   eventbus-bridge tail users -b 127.0.0.1:9092 --from-beginning
   eventbus-bridge emit user.registered user_id=42 email=a@example.com --topic users
+  eventbus-bridge dlq ls -c message-service.toml
 
 exit status: 0 ok, 1 failed at run time, 2 bad command line or configuration,
 3 the broker could not be reached in time. See docs/operations.md.
@@ -103,6 +104,60 @@ examples:
   eventbus-bridge emit order.placed order='{"id": 7, "lines": []}' --topic orders --create
 """
 
+DLQ_EPILOG = """\
+Inspect dead-letter topics and send their records again (docs/operations.md, "a
+handler failed: find, fix, replay"). The broker comes from -c FILE (the service's
+TOML, as for run) or -b HOSTS.
+
+  ls      per dead-letter topic: how many, by type, reason, handler; oldest/newest
+  show    each dead letter decoded: headers, payload, the failing handler's traceback
+  replay  send them again: to their original topic (--to topic, the default), or
+          straight to the service's handlers in this process (--to handlers, with -c)
+  purge   delete them from the start of the topic (all, or up to a time or offset)
+
+Filters (every one given must match): --type, --reason, --handler (repeatable),
+--since/--until (ISO time, or a duration ago: 30m, 2h, 7d), --partition,
+--from-offset/--to-offset.
+
+examples:
+  eventbus-bridge dlq ls -c shipping.toml
+  eventbus-bridge dlq show orders.dlq -c shipping.toml --reason ValueError -n 5
+  eventbus-bridge dlq replay orders.dlq -c shipping.toml --since 2h --dry-run
+  eventbus-bridge dlq replay orders.dlq -c shipping.toml --to handlers --handler on_order
+"""
+
+DLQ_REPLAY_EPILOG = """\
+Only the handlers that failed run again (their names are in the dead letter), and only
+for the service that dead-lettered the record: a replay to the original topic carries
+eventbus-rerun-* headers that the other services' bridges skip, and that make the
+bridge handle it although it saw the event id before. With --to handlers, a record
+that fails again is dead-lettered again with the new reason (to the same topic, after
+the records this replay reads).
+
+A replay is a consumer group, eventbus-bridge-replay.<topic>.<name>: it commits each
+batch once replayed, so the same command run again (same --name, or the same
+filters) continues where an interrupted one stopped. It reads up to the end of the
+topic as it was when it started. Exit status 0 when done, 1 when interrupted (run it
+again to resume), 3 when the broker fails.
+
+examples:
+  eventbus-bridge dlq replay orders.dlq -c shipping.toml --type order.placed --dry-run
+  eventbus-bridge dlq replay orders.dlq -c shipping.toml --since 2026-01-31T08:00
+  eventbus-bridge dlq replay orders.dlq -c shipping.toml --to handlers --name fix-1234
+"""
+
+DLQ_PURGE_EPILOG = """\
+Kafka deletes a topic's records from its start only (DeleteRecords), so a purge takes
+every dead letter, or those dead-lettered before --until (up to the first one that is
+not), or those up to --to-offset; of every partition, or of --partition. It prints what
+it will delete and asks you to type the topic's name, unless --yes (required when stdin
+is not a terminal). Replay what you need first: purged records are gone.
+
+examples:
+  eventbus-bridge dlq purge orders.dlq -c shipping.toml --until 7d
+  eventbus-bridge dlq purge orders.dlq -c shipping.toml --partition 0 --to-offset 41 --yes
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
@@ -122,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``eventbus-bridge`` and its four commands."""
+    """The argument parser of ``eventbus-bridge`` and its commands."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -223,6 +278,101 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emit.add_argument("--create", action="store_true", help="create the topic if it is missing")
     emit.set_defaults(command=cmd_emit)
+
+    dlq = command("dlq", "inspect and replay dead-letter topics", DLQ_EPILOG, [])
+    dlq_commands = dlq.add_subparsers(title="dlq commands", metavar="COMMAND", required=True)
+    selection = argparse.ArgumentParser(add_help=False)
+    selection.add_argument("--json", action="store_true", help="machine-readable output")
+    group = selection.add_argument_group("filters")
+    group.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="event type or pattern (order.*)",
+    )
+    group.add_argument(
+        "--reason",
+        dest="reasons",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="text in the reason, or the error name",
+    )
+    group.add_argument(
+        "--handler",
+        dest="handlers",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="failed handler: dotted name or its last parts",
+    )
+    group.add_argument("--since", metavar="TIME", help="dead-lettered at or after TIME")
+    group.add_argument("--until", metavar="TIME", help="dead-lettered before TIME")
+    group.add_argument("--partition", type=int, metavar="N", help="dead-letter partition")
+    group.add_argument("--from-offset", type=int, metavar="OFFSET", help="first offset")
+    group.add_argument("--to-offset", type=int, metavar="OFFSET", help="last offset")
+
+    def dlq_command(name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+        return dlq_commands.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=epilog,
+            formatter_class=formatter,
+            parents=[common, kafka, selection],
+        )
+
+    ls = dlq_command("ls", "count the dead letters of each dead-letter topic", DLQ_EPILOG)
+    ls.add_argument(
+        "topics",
+        nargs="*",
+        metavar="TOPIC",
+        help="default: the dead-letter topics of the -c file's routes, "
+        "else every topic ending in .dlq",
+    )
+    ls.set_defaults(command=cmd_dlq_ls)
+    show = dlq_command("show", "print dead letters, decoded, with their headers", DLQ_EPILOG)
+    show.add_argument("topic", metavar="TOPIC")
+    show.add_argument("-n", "--count", type=int, metavar="N", help="print at most N")
+    show.set_defaults(command=cmd_dlq_show)
+    replay = dlq_command("replay", "send dead letters again", DLQ_REPLAY_EPILOG)
+    replay.add_argument("topic", metavar="TOPIC")
+    replay.add_argument(
+        "--to",
+        dest="target",
+        choices=("topic", "handlers"),
+        default="topic",
+        help="the original topic (default), or the service's handlers here",
+    )
+    replay.add_argument(
+        "--target-topic",
+        metavar="TOPIC",
+        help="with --to topic: produce here instead of the original topic",
+    )
+    replay.add_argument("--name", help="the replay's name (default: from the filters)")
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count what would be replayed; send and commit nothing",
+    )
+    replay.set_defaults(command=cmd_dlq_replay)
+    purge = dlq_commands.add_parser(
+        "purge",
+        help="delete dead letters from the start of a topic",
+        description="Delete dead letters from the start of a topic.",
+        epilog=DLQ_PURGE_EPILOG,
+        formatter_class=formatter,
+        parents=[common, kafka],
+    )
+    purge.add_argument("topic", metavar="TOPIC")
+    purge.add_argument("--until", metavar="TIME", help="those dead-lettered before TIME")
+    purge.add_argument("--partition", type=int, metavar="N", help="this partition only")
+    purge.add_argument("--to-offset", type=int, metavar="OFFSET", help="up to OFFSET (included)")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+    purge.set_defaults(command=cmd_dlq_purge)
     return parser
 
 
@@ -270,6 +420,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for route in config.routes:
         print(describe_route(route), file=out)
         names = [route.topic] + ([route.dead_letter_topic] if route.is_inbound else [])
+        names += [t for t in dict.fromkeys(route.retry_topics) if t not in names]
         for name in names:
             if name in topics:
                 state = f"exists ({topics[name]} partition(s))"
@@ -456,6 +607,278 @@ def parse_fields(fields: Sequence[str]) -> dict[str, Any]:
     return payload
 
 
+# -- dlq ----------------------------------------------------------------------------------
+
+
+def cmd_dlq_ls(args: argparse.Namespace) -> int:
+    """``dlq ls``: see DLQ_EPILOG."""
+    from ._codec import MsgpackCodec
+    from ._dlq import summarize
+
+    configure_logging(args.log_level or "ERROR")
+    config = _kafka_config(args)
+    selection = _selection(args)
+    transport = connect(config)
+    try:
+        existing = transport.list_topics(timeout=args.timeout)
+        topics = list(args.topics)
+        if not topics:
+            topics = [r.dead_letter_topic for r in config.routes if r.is_inbound]
+            topics = list(dict.fromkeys(topics)) or sorted(
+                t for t in existing if t.endswith(".dlq")
+            )
+        summaries = []
+        for topic in topics:
+            if topic not in existing:
+                if args.topics:
+                    return _fail(f"topic {topic!r} does not exist", EXIT_FAILED)
+                continue  # a route's dead-letter topic not created yet: nothing in it
+            summaries.append(
+                summarize(transport, topic, MsgpackCodec(), selection, timeout=args.timeout)
+            )
+    finally:
+        transport.close()
+    if args.json:
+        print(json.dumps([s.as_json() for s in summaries], ensure_ascii=False, indent=2))
+        return EXIT_OK
+    if not summaries:
+        print("no dead-letter topics found", file=sys.stderr)
+    for summary in summaries:
+        data = summary.as_json()
+        span = f"  oldest {data['oldest']}  newest {data['newest']}" if summary.count else ""
+        print(f"{summary.topic}: {summary.count} dead letter(s){span}")
+        for label in ("types", "reasons", "handlers", "services"):
+            if data[label]:
+                items = ", ".join(f"{k} {v}" for k, v in data[label].items())
+                print(f"  {label + ':':<10} {items}")
+    return EXIT_OK
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    """``dlq show``: see DLQ_EPILOG."""
+    from ._codec import MsgpackCodec
+    from ._dlq import read_topic
+
+    configure_logging(args.log_level or "ERROR")
+    config = _kafka_config(args)
+    selection = _selection(args)
+    transport = connect(config)
+    shown = 0
+    try:
+        for info in read_topic(transport, args.topic, MsgpackCodec(), timeout=args.timeout):
+            if args.count is not None and shown >= args.count:
+                break
+            if not selection.matches(info):
+                continue
+            shown += 1
+            data = info.as_json()
+            if args.json:
+                print(json.dumps(data, default=_jsonable, ensure_ascii=False), flush=True)
+                continue
+            print(
+                f"== {info.record.topic}/{info.record.partition}@{info.record.offset}"
+                f"  dead-lettered {data['dead_lettered_at']}"
+            )
+            for name in (
+                "type",
+                "id",
+                "source",
+                "time",
+                "key",
+                "service",
+                "reason",
+                "error",
+                "attempts",
+            ):
+                print(f"  {name + ':':<10} {data[name]}")
+            print(f"  {'from:':<10} {info.topic}/{info.partition}@{info.offset}")
+            print(f"  {'handlers:':<10} {', '.join(info.handlers) or '-'}")
+            if info.problem:
+                print(f"  {'problem:':<10} {info.problem}")
+            else:
+                text = json.dumps(info.payload, default=_jsonable, ensure_ascii=False)
+                print(f"  {'payload:':<10} {text}")
+            print("  headers:")
+            for name, value in data["headers"]:
+                if name != "eventbus-dlq-traceback":
+                    print(f"    {name}: {value}")
+            if info.traceback:
+                print("  traceback:")
+                for line in info.traceback.splitlines():
+                    print(f"    {line}")
+            print(flush=True)
+    finally:
+        transport.close()
+    if not args.json:
+        print(f"{shown} dead letter(s) shown", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    """``dlq replay``: see DLQ_REPLAY_EPILOG."""
+    from eventbus import default_bus
+
+    from ._dlq import Replay, ReplayProgress
+
+    configure_logging(args.log_level or "WARNING")
+    config = _kafka_config(args)
+    selection = _selection(args)
+    if args.target == "handlers":
+        if not args.config:
+            raise ConfigError("--to handlers needs -c FILE: the service whose handlers run")
+        load_config(args.config, overrides=args.overrides)  # [bridge] service is required
+        import_modules(config.modules)
+    elif args.target_topic is not None:
+        from ._routes import check_topic
+
+        check_topic(args.target_topic)
+    transport = connect(config)
+    stop = _stop_on_signals()
+    last = [0.0]
+
+    def progress(state: ReplayProgress) -> None:
+        now = time.monotonic()
+        if args.json or (now - last[0] < 1.0 and not state.finished):
+            return
+        last[0] = now
+        done = f"{state.read}/{state.pending} read" if state.pending else "0 to read"
+        print(
+            f"replay {state.name}: {done}, {state.matched} selected, {state.replayed} "
+            f"{'to replay' if state.dry_run else 'replayed'}, {state.failed} failed again, "
+            f"{state.skipped} skipped",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        replay = Replay(
+            transport,
+            args.topic,
+            target=args.target,
+            selection=selection,
+            to_topic=args.target_topic,
+            bus=default_bus,
+            service=config.service,
+            name=args.name or _replay_name(args),
+            dry_run=args.dry_run,
+            timeout=args.timeout,
+            stop=stop,
+            progress=progress,
+        )
+        if not args.json:
+            print(f"replay {replay.name}: consumer group {replay.group}", file=sys.stderr)
+        state = replay.run()
+    finally:
+        transport.close()
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(state)))
+    if not state.finished:
+        return _fail("interrupted: run the same command again to resume", EXIT_FAILED)
+    return EXIT_OK
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    """``dlq purge``: see DLQ_PURGE_EPILOG."""
+    from ._codec import MsgpackCodec
+    from ._dlq import plan_purge, purge
+
+    configure_logging(args.log_level or "ERROR")
+    config = _kafka_config(args)
+    until = parse_time(args.until, "--until")
+    transport = connect(config)
+    try:
+        plan = plan_purge(
+            transport,
+            args.topic,
+            MsgpackCodec(),
+            until=until,
+            partition=args.partition,
+            to_offset=args.to_offset,
+            timeout=args.timeout,
+        )
+        spans = ", ".join(f"[{p}] {f}-{b - 1}" for p, (f, b) in sorted(plan.partitions.items()))
+        if not plan.count:
+            print(f"{args.topic}: nothing to purge", file=sys.stderr)
+        else:
+            print(f"{args.topic}: {plan.count} dead letter(s) to delete: {spans}", file=sys.stderr)
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    raise ConfigError("purge deletes records: confirm with --yes")
+                answer = input(f"type {args.topic} to delete them: ")
+                if answer.strip() != args.topic:
+                    return _fail("not confirmed: nothing deleted", EXIT_FAILED)
+            purge(transport, plan, args.timeout)
+            print(f"{args.topic}: {plan.count} dead letter(s) deleted", file=sys.stderr)
+    finally:
+        transport.close()
+    if args.json:
+        print(json.dumps(plan.as_json()))
+    return EXIT_OK
+
+
+def _replay_name(args: argparse.Namespace) -> str:
+    """A replay's default name: a digest of the command's target and filters as typed,
+    so that the same command (``--since 2h`` included) resumes the same replay."""
+    import hashlib
+
+    typed = [
+        args.target,
+        args.target_topic,
+        args.types,
+        args.reasons,
+        args.handlers,
+        args.since,
+        args.until,
+        args.partition,
+        args.from_offset,
+        args.to_offset,
+    ]
+    digest = hashlib.sha256(json.dumps(typed).encode()).hexdigest()[:10]
+    return f"{args.target}-{digest}"
+
+
+def _selection(args: argparse.Namespace) -> Any:
+    from ._dlq import Selection
+
+    return Selection(
+        types=tuple(args.types),
+        reasons=tuple(args.reasons),
+        handlers=tuple(args.handlers),
+        since=parse_time(args.since, "--since"),
+        until=parse_time(args.until, "--until"),
+        partition=args.partition,
+        from_offset=args.from_offset,
+        to_offset=args.to_offset,
+    )
+
+
+def parse_time(text: str | None, option: str, now: float | None = None) -> float | None:
+    """Seconds since the epoch from an ISO 8601 time (UTC unless it says otherwise) or
+    a duration ago (``30m``, ``2h``, ``7d``); ConfigError naming ``option`` if neither."""
+    from datetime import UTC
+
+    from ._config import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return (time.time() if now is None else now) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{option} {text!r}: expected an ISO time (2026-01-31T08:00) or a duration ago "
+            "(30m, 2h, 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 
@@ -497,4 +920,4 @@ def _version() -> str:
         return "unknown"
 
 
-__all__ = ["build_parser", "format_record", "main", "parse_fields"]
+__all__ = ["build_parser", "format_record", "main", "parse_fields", "parse_time"]

@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
@@ -280,20 +280,38 @@ class EventBus:
         if failures:
             self._report(slot.name, failures)
 
-    def dispatch(self, name: str, sender: Any, payload: Mapping[str, Any]) -> list[HandlerFailure]:
+    def dispatch(
+        self,
+        name: str,
+        sender: Any,
+        payload: Mapping[str, Any],
+        *,
+        handlers: Collection[str] | None = None,
+    ) -> list[HandlerFailure]:
         """Run the handlers of an event and return the failures instead of applying policy.
 
         For integrations such as the bridge that decide themselves what a failure means
         (retry, dead-letter). The payload is validated first (PayloadError). A muted
-        bus runs nothing and returns no failures.
+        bus runs nothing and returns no failures. ``handlers``, a collection of
+        ``handler_name()`` values, runs only those handlers (a retry of the ones that
+        failed before); the others are skipped.
         """
         slot, checked, _ = self._prepare(name, payload)
         if self._muted or slot.signal.is_muted:
             return []
+        if handlers is not None:
+            return self._run_only(slot, sender, checked, handlers)
         failures = self._run(slot, sender, checked, None)
         if len(slot.signal.receivers) > 1:
             failures = self._run_foreign(slot, sender, checked, failures)
         return failures or []
+
+    def handler_names(self, name: str) -> list[str]:
+        """The ``handler_name()`` of every handler and receiver an event ``name`` reaches."""
+        slot = self._slot(name)
+        names = [handler_name(fn) for fn, _, _, _ in slot.entries]
+        names += [handler_name(r) for r in slot.signal.receivers_for(ANY) if r is not slot]
+        return names
 
     async def dispatch_async(
         self,
@@ -302,13 +320,14 @@ class EventBus:
         payload: Mapping[str, Any],
         *,
         executor: Executor | None = None,
+        handlers: Collection[str] | None = None,
     ) -> list[HandlerFailure]:
         """Like ``dispatch``, on the running event loop: async handlers are awaited there.
 
         Sync handlers run on ``executor`` (so that they never block the loop), with the
         caller's context variables, or inline when it is None. Handlers run one after
         another, in registration order. The failures' ``retry()`` returns an awaitable
-        that runs the handler again the same way.
+        that runs the handler again the same way. ``handlers`` as for ``dispatch``.
         """
         slot, checked, _ = self._prepare(name, payload)
         if self._muted or slot.signal.is_muted:
@@ -331,6 +350,8 @@ class EventBus:
             )
             for receiver in self._foreign(slot, sender)
         ]
+        if handlers is not None:
+            calls = [c for c in calls if handler_name(c[3]) in handlers]
         for call, args, is_async, fn, kind in calls:
             run = _async_runner(loop, executor, call, args, is_async)
             try:
@@ -485,6 +506,24 @@ class EventBus:
                 if cache is None:
                     cache = [instance]
                 failures.append(self._failure(slot, sub, exc, sender, payload, cache))
+        return failures
+
+    def _run_only(
+        self, slot: _Slot, sender: Any, payload: Mapping[str, Any], handlers: Collection[str]
+    ) -> list[HandlerFailure]:
+        # Not the hot path: a fresh slot-like view holding the chosen entries only.
+        view = _Slot(self, slot.name, slot.signal)
+        view.entries = tuple(e for e in slot.entries if handler_name(e[0]) in handlers)
+        failures = self._run(view, sender, payload, None) or []
+        for receiver in self._foreign(slot, sender):
+            if handler_name(receiver) not in handlers:
+                continue
+            try:
+                result = receiver(sender, **payload)
+                if inspect.iscoroutine(result):
+                    _run_coroutine(result)
+            except Exception as exc:
+                failures.append(self._foreign_failure(slot.name, receiver, exc, sender, payload))
         return failures
 
     def _call(

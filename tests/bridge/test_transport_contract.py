@@ -438,6 +438,63 @@ def test_failures_only_producer_reports_failures_and_nothing_else(transport, new
     assert failing.in_flight() == 0
 
 
+def test_position_and_watermarks(transport, new_topic, producer, consumers):
+    topic, group = new_topic(2), group_id()
+    keys = keys_per_partition(producer, topic, 2)
+    consumer = consumers(group, [topic], from_beginning=True)
+    early: list[Record] = []
+    ready(consumer, records=early)
+    marks = transport.watermarks(topic, DEADLINE)
+    assert sorted(marks) == [0, 1] and all(low == 0 for low, _ in marks.values())
+    ends = {p: high for p, (_, high) in marks.items()}
+    assert sum(ends.values()) >= 2
+    assert consumer.position(topic, 0) is not None
+    assert consumer.position("no-such-topic", 0) is None
+    records = read_until(consumer, lambda rs: len(early + rs) >= sum(ends.values()), "every probe")
+    for p in (0, 1):
+        assert consumer.position(topic, p) == ends[p]
+    produce_all(producer, topic, [(keys[1], b"more")])
+    assert transport.watermarks(topic, DEADLINE)[1] == (0, ends[1] + 1)
+    assert len(early + records) == sum(ends.values())
+    with pytest.raises(TransportError):
+        transport.watermarks(f"no-such-topic-{uuid.uuid4().hex}", 2.0)
+
+
+def test_delete_records_moves_the_first_offset(transport, new_topic, producer, consumers):
+    topic = new_topic()
+    produce_all(producer, topic, [(None, b"a"), (None, b"b"), (None, b"c")])
+    transport.delete_records(topic, {0: 2}, DEADLINE)
+    assert transport.watermarks(topic, DEADLINE) == {0: (2, 3)}
+    consumer = consumers(group_id(), [topic], from_beginning=True)
+    early: list[Record] = []
+    ready(consumer, records=early)
+    assert values(early + read_until(consumer, lambda rs: len(early + rs) >= 1, "c")) == [b"c"]
+
+
+def test_seek_rewinds_a_paused_partition_to_a_record(new_topic, producer, consumers):
+    topic, group = new_topic(2), group_id()
+    keys = keys_per_partition(producer, topic, 2)
+    consumer = consumers(group, [topic])
+    ready(consumer)
+    produce_all(producer, topic, [(keys[0], b"a0"), (keys[0], b"b0"), (keys[0], b"c0")])
+    first = read_until(consumer, lambda rs: len(rs) >= 2, "a0, b0")
+    assert values(first[:2]) == [b"a0", b"b0"]
+    consumer.pause([(topic, 0)])
+    consumer.seek(first[1])  # b0 (and c0, if fetched) come again after resume
+    produce_all(producer, topic, [(keys[1], b"x1"), (keys[0], b"d0"), (keys[1], b"end1")])
+    other = read_until(consumer, lambda rs: b"end1" in values(rs), "partition 1 while 0 is paused")
+    assert [v for v in values(other) if v.endswith(b"0")] == []  # partition 0 waits
+    consumer.resume([(topic, 0)])
+    again = read_until(consumer, lambda rs: b"d0" in values(rs), "partition 0 after resume")
+    assert values(again) == [b"b0", b"c0", b"d0"]
+    consumer.seek(again[0])  # not paused: b0 comes at once
+    assert values(read_until(consumer, lambda rs: b"d0" in values(rs), "b0 again")) == [
+        b"b0",
+        b"c0",
+        b"d0",
+    ]
+
+
 def test_pause_stops_a_partition_and_resume_continues_after_the_last_record(
     new_topic, producer, consumers
 ):

@@ -40,6 +40,7 @@ class Proc:
             [sys.executable, *args],
             cwd=cwd or ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdin=subprocess.DEVNULL,  # never a terminal: nothing may wait for input
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

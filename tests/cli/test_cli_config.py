@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from bridge import ConfigError, MemoryTransport, Route
-from bridge._config import BRIDGE_OPTIONS, MASK, Config, is_secret, load_config, masked
+from bridge._config import (
+    BRIDGE_OPTIONS,
+    MASK,
+    ROUTE_KEYS,
+    Config,
+    describe_route,
+    is_secret,
+    load_config,
+    masked,
+)
 from eventbus import EventBus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +207,26 @@ def test_build_bridge_passes_every_option(write) -> None:
             r"route #2 \(topic 't'\): .*dead-letter topic must differ",
         ),
         ("[bridge\nservice='x'", r"service.toml: not valid TOML"),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\nretry_delays='10s'",
+            r"route #1 \(topic 't'\): retry_delays expects a list of durations",
+        ),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\nretry_delays=['10 parsecs']",
+            r"route #1 \(topic 't'\): retry_delays: not a duration: '10 parsecs'",
+        ),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\nretry_delays=['-1s']",
+            r"retry_delays: not a duration: '-1s' \(must be finite and not negative\)",
+        ),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='out'\nretry_delays=[1]",
+            r"retry_delays is for inbound routes",
+        ),
+        (
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a'\ntopic='t'\ndirection='in'\nretry_delays=[1]\nretry_topic='r'",
+            r"retry_topic must be a template with \{delay\}",
+        ),
     ],
 )
 def test_every_mistake_in_the_file_is_named(write, text: str, expected: str) -> None:
@@ -205,6 +234,20 @@ def test_every_mistake_in_the_file_is_named(write, text: str, expected: str) -> 
     assert re.search(expected, message), message
     if "TOML" not in expected and "section" not in expected and "table" not in expected:
         assert "service.toml" in message
+
+
+def test_retry_delays_take_durations_and_numbers(write) -> None:
+    config = load_config(
+        write(
+            "[bridge]\nservice='x'\n[[route]]\nsignals='a.*'\ntopic='orders'\ndirection='in'\n"
+            "retry_delays=['10s', '1m', 600, '1.5h', '250ms']\nretry_topic='{topic}-retry-{delay}'"
+        ),
+        env={},
+    )
+    [route] = config.routes
+    assert route.retry_delays == (10.0, 60.0, 600.0, 5400.0, 0.25)
+    assert route.retry_topics[:2] == ("orders-retry-10s", "orders-retry-1m")
+    assert "(retries via orders-retry-10s, orders-retry-1m" in describe_route(route)
 
 
 def test_a_missing_file(tmp_path: Path) -> None:
@@ -326,5 +369,5 @@ def test_the_reference_documents_every_key() -> None:
     for key in BRIDGE_OPTIONS:
         assert f"`{key}`" in reference, key
         assert f"EVENTBUS_BRIDGE_{key.upper()}" in reference, key
-    for key in ("signals", "topic", "direction", "key", "dlq"):
+    for key in ROUTE_KEYS:
         assert f"`{key}`" in reference, key

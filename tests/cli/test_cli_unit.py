@@ -249,3 +249,52 @@ def test_a_missing_prometheus_client_says_what_to_install(
     assert done.returncode == EXIT_CONFIG
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "pip install eventbus-bridge[metrics]" in errors[0]
+
+
+def test_metrics_count_dead_letters_and_delayed_retries() -> None:
+    transport = MemoryTransport()
+    bus = EventBus()
+    calls: list[int] = []
+
+    @bus.on("a.*")
+    def fails_once(sender: object, n: int) -> None:
+        calls.append(n)
+        if n == 1 and calls.count(1) == 1:
+            raise ConnectionError("once")
+        if n == 2:
+            raise ValueError("always")
+
+    routes = [Route.inbound("a.*", topic="a", retry_delays=[0.01])]
+    bridge = Bridge(bus, transport=transport, service="svc", routes=routes, max_attempts=1)
+    server = serve_metrics(bridge, "127.0.0.1", 0)
+    try:
+        with bridge:
+            sender = EventBus()
+            with Bridge(
+                sender,
+                transport=transport,
+                service="src",
+                routes=[Route.outbound("a.*", topic="a")],
+            ):
+                for n in (1, 2, 3):
+                    sender.emit("a.b", n=n)
+            wait_for(lambda: bridge.stats.dead_lettered == 1, 10, "the dead letter")
+            status, text = _get(f"http://127.0.0.1:{server.port}/metrics")
+        assert status == 200
+        assert 'eventbus_bridge_dead_letter_records{service="svc",topic="a.dlq"} 1.0' in text
+        assert 'eventbus_bridge_retries_scheduled_total{service="svc"} 2.0' in text
+        assert 'eventbus_bridge_retries_due_total{service="svc"} 2.0' in text
+        assert 'eventbus_bridge_retries_handled_total{service="svc"} 1.0' in text
+    finally:
+        server.close()
+
+
+def test_the_same_replay_command_has_the_same_name_whatever_the_time() -> None:
+    from bridge.cli import _replay_name, build_parser
+
+    parser = build_parser()
+    first = parser.parse_args(["dlq", "replay", "t.dlq", "--since", "2h", "--type", "a.*"])
+    again = parser.parse_args(["dlq", "replay", "t.dlq", "--since", "2h", "--type", "a.*"])
+    other = parser.parse_args(["dlq", "replay", "t.dlq", "--since", "3h", "--type", "a.*"])
+    assert _replay_name(first) == _replay_name(again) != _replay_name(other)
+    assert _replay_name(first).startswith("topic-")
