@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
-from bridge import Record, Transport
+from bridge import Bridge, Record, Route, Transport
+from eventbus import EventBus
 
 
 def wait_for(
@@ -41,3 +43,11 @@ def read(transport: Transport, topic: str, count: int, timeout: float = 20.0) ->
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def make_bridge(
+    bus: EventBus, transport: Transport, service: str, *routes: Route, **kw: Any
+) -> Bridge:
+    """A bridge with a short retry backoff (tests wait for retries, not for time)."""
+    kw.setdefault("backoff", 0.001)
+    return Bridge(bus, transport=transport, service=service, routes=routes, **kw)

@@ -6,29 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from bridge import Bridge, KafkaTransport, MemoryTransport, Remote, Route, Transport
+from bridge import Bridge, MemoryTransport, Remote, Route, Transport
 from eventbus import EventBus
+from tests.bridge.helpers import make_bridge as bridge
 from tests.bridge.helpers import read, unique
-
-
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
-def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    if request.param == "memory":
-        t: Transport = MemoryTransport()
-    else:
-        t = KafkaTransport({"bootstrap.servers": request.getfixturevalue("kafka_bootstrap")})
-    yield t
-    t.close()
-
-
-def bridge(bus: EventBus, transport: Transport, service: str, *routes: Route, **kw: Any) -> Bridge:
-    kw.setdefault("backoff", 0.001)
-    return Bridge(bus, transport=transport, service=service, routes=routes, **kw)
 
 
 async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:

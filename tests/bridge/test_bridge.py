@@ -20,7 +20,6 @@ from bridge import (
     Bridge,
     ConfigError,
     DeliveryError,
-    KafkaTransport,
     MemoryTransport,
     MsgpackCodec,
     NotReadyError,
@@ -31,7 +30,7 @@ from bridge import (
     trace_context,
 )
 from eventbus import EmitError, EventBus, event
-from tests.bridge.helpers import read, wait_for
+from tests.bridge.helpers import make_bridge, read, wait_for
 
 
 class Names:
@@ -49,30 +48,11 @@ def tp() -> Names:
     return Names()
 
 
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
-def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    """Each test runs on MemoryTransport and on the real broker."""
-    if request.param == "memory":
-        t: Transport = MemoryTransport()
-    else:
-        bootstrap = request.getfixturevalue("kafka_bootstrap")
-        t = KafkaTransport({"bootstrap.servers": bootstrap})
-    yield t
-    t.close()
-
-
 @pytest.fixture
 def memory() -> Iterator[MemoryTransport]:
     t = MemoryTransport()
     yield t
     t.close()
-
-
-def make_bridge(
-    bus: EventBus, transport: Transport, service: str, *routes: Route, **kw: Any
-) -> Bridge:
-    kw.setdefault("backoff", 0.001)
-    return Bridge(bus, transport=transport, service=service, routes=routes, **kw)
 
 
 def test_outbound_record_has_key_headers_and_plain_msgpack_value(

@@ -10,30 +10,15 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from bridge import Bridge, ConfigError, KafkaTransport, MemoryTransport, Route, Transport
+from bridge import Bridge, ConfigError, MemoryTransport, Route, Transport
 from bridge._inbound import PAUSE_AFTER
 from eventbus import EventBus
+from tests.bridge.helpers import make_bridge as bridge
 from tests.bridge.helpers import read, unique, wait_for
-
-
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
-def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    if request.param == "memory":
-        t: Transport = MemoryTransport()
-    else:
-        t = KafkaTransport({"bootstrap.servers": request.getfixturevalue("kafka_bootstrap")})
-    yield t
-    t.close()
-
-
-def bridge(bus: EventBus, transport: Transport, service: str, *routes: Route, **kw: Any) -> Bridge:
-    kw.setdefault("backoff", 0.001)
-    return Bridge(bus, transport=transport, service=service, routes=routes, **kw)
 
 
 class Tracker:

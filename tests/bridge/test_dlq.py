@@ -8,25 +8,12 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from bridge import Bridge, KafkaTransport, MemoryTransport, MsgpackCodec, Route, Transport
+from bridge import Bridge, MsgpackCodec, Route, Transport
 from bridge._dlq import Replay, ReplayProgress, Selection, read_topic, summarize
 from eventbus import EventBus, handler_name
 from tests.bridge.helpers import read, wait_for
-
-
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
-def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    if request.param == "memory":
-        t: Transport = MemoryTransport()
-    else:
-        t = KafkaTransport({"bootstrap.servers": request.getfixturevalue("kafka_bootstrap")})
-    yield t
-    t.close()
 
 
 class Service:

@@ -11,7 +11,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,8 +18,6 @@ import pytest
 from bridge import (
     Bridge,
     ConfigError,
-    KafkaTransport,
-    MemoryTransport,
     MsgpackCodec,
     Route,
     Transport,
@@ -30,16 +27,6 @@ from bridge._routes import format_delay
 from bridge._transport import Record
 from eventbus import EventBus, handler_name
 from tests.bridge.helpers import read, wait_for
-
-
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
-def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    if request.param == "memory":
-        t: Transport = MemoryTransport()
-    else:
-        t = KafkaTransport({"bootstrap.servers": request.getfixturevalue("kafka_bootstrap")})
-    yield t
-    t.close()
 
 
 class Worker:
