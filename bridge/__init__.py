@@ -10,6 +10,7 @@ import typing as _typing
 from ._bridge import Bridge
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
+from ._daemon import DaemonError, hosted
 from ._dedup import SqliteDedup
 from ._envelope import current_trace, trace_context
 from ._errors import (
@@ -60,6 +61,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Consumer",
+    "DaemonError",
     "DecodeError",
     "DeliveryError",
     "DeliveryFailureCallback",
@@ -80,6 +82,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "current_trace",
+    "hosted",
     "load_config",
     "outbox_notify_ddl",
     "outbox_table",

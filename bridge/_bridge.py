@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge")
 
+NO_ASSIGNMENT = (
+    "no partition assignment from group {group!r}: the group is rebalancing, or a member "
+    "that crashed still holds the partitions until its session times out "
+    "(session.timeout.ms); raise ready_timeout, or give each replica a stable "
+    '"group.instance.id" (static membership) so that a restarted one takes them back at once'
+)
+
 
 class Bridge:
     """Mirrors the routed signals of ``bus`` to and from a transport (Kafka or memory).
@@ -178,11 +185,21 @@ class Bridge:
     @property
     def healthy(self) -> bool:
         """True while started and ready, and neither the consumer nor the outbox relay died."""
+        return self._state == "running" and self.ready and not self.failed
+
+    @property
+    def ready(self) -> bool:
+        """True once the inbound partitions are assigned and positioned (at once without
+        inbound routes): from then on every event published to an inbound topic is received."""
         inbound = self._inbound
-        return (
-            self._state == "running"
-            and (inbound is None or (inbound.ready.is_set() and inbound.error is None))
-            and (self._outbox is None or self._outbox.alive)
+        return not self._in_routes or (inbound is not None and inbound.ready.is_set())
+
+    @property
+    def failed(self) -> bool:
+        """True once the consumer or the outbox relay died: the bridge needs a restart."""
+        inbound = self._inbound
+        return (inbound is not None and inbound.error is not None) or (
+            self._outbox is not None and self._state == "running" and not self._outbox.alive
         )
 
     @property
@@ -191,11 +208,14 @@ class Bridge:
         self._outbound.update_stats()
         return self._stats
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
         """Connect, create missing topics, join the group; return when ready.
 
         After it returns, every event published to an inbound topic is received. Raises
         ``NotReadyError`` (and cleans up) if that takes longer than ``ready_timeout``.
+        With ``wait=False`` it returns once the consumer is subscribed, without waiting
+        for the group's assignment: ``ready`` says when it came (the daemon waits so, as
+        long as the group needs, and logs why).
         """
         with self._lock:
             if self._state != "new":
@@ -207,7 +227,7 @@ class Bridge:
                 self.transport.ensure_topics(self.topics, self.partitions, self.ready_timeout)
             self._outbound.open(self.topics, max(0.1, deadline - time.monotonic()))
             if self._in_routes:
-                self._start_inbound(deadline)
+                self._start_inbound(deadline if wait else None)
             self._outbound.attach()
             self._state = "running"
             log.info(
@@ -217,7 +237,7 @@ class Bridge:
             self._shutdown()
             raise
 
-    def _start_inbound(self, deadline: float) -> None:
+    def _start_inbound(self, deadline: float | None) -> None:
         shared = self._outbound.producer if self._outbox is not None else None
         self._dead_letters = DeadLetters(
             self.service,
@@ -257,11 +277,11 @@ class Bridge:
             retry_topics=retry_topics,
         )
         inbound.start()
-        if not inbound.ready.wait(max(0.0, deadline - time.monotonic())):
+        if deadline is not None and not inbound.ready.wait(max(0.0, deadline - time.monotonic())):
             error = inbound.error
             raise NotReadyError(
                 f"bridge {self.service!r} not ready within {self.ready_timeout:g} s: "
-                + (f"{error}" if error else "no partition assignment from the group")
+                + (f"{error}" if error else NO_ASSIGNMENT.format(group=self.group))
             )
 
     def _revoked(self, partitions: list[tuple[str, int]]) -> None:
@@ -306,8 +326,12 @@ class Bridge:
                 "use 'await bridge.stop_async()' or 'async with bridge:'"
             )
         with self._lock:
-            if self._state in ("stopped", "new"):
+            if self._state == "new":  # never started: release what the constructor opened
                 self._state = "stopped"
+                self._outbound.close(0)  # the outbox's database (and its lock)
+                self._dedup.close()
+                return
+            if self._state == "stopped":
                 return
             self._state = "stopping"
         self._shutdown()

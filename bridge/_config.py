@@ -23,7 +23,7 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -76,6 +76,10 @@ class _Option:
     parse_text: Callable[[str], Any]  # text from the environment or --set -> value
     check: Callable[[Any], bool]  # is a file (TOML) value of the right type?
     rule: Callable[[Any], str | None] = lambda _v: None  # extra constraint: error or None
+    bridge: bool = False  # a keyword argument of ``Bridge`` too (same name, same default)
+
+    def for_bridge(self) -> _Option:
+        return replace(self, bridge=True)
 
 
 def _text_bool(text: str) -> bool:
@@ -175,47 +179,50 @@ def _float(default: float, rule: Callable[[Any], str | None]) -> _Option:
 BRIDGE_OPTIONS: dict[str, _Option] = {
     "service": _str(None, _non_empty),
     "modules": _Option("a list of strings", (), _text_list, _is_str_list, _names),
-    "group": _str(None, _non_empty),
-    "max_attempts": _int(3, _at_least(1)),
-    "backoff": _float(0.1, _at_least(0)),
-    "max_backoff": _float(5.0, _at_least(0)),
-    "dedup_window": _float(300.0, _at_least(0)),
-    "dedup_size": _int(100_000, _at_least(0)),
-    "unrouted": _str("skip", _choice("skip", "dlq")),
-    "create_topics": _Option("a boolean", True, _text_bool, lambda v: isinstance(v, bool)),
-    "partitions": _int(1, _at_least(1)),
-    "ready_timeout": _float(30.0, _at_least(0)),
-    "drain_timeout": _float(30.0, _at_least(0)),
-    "batch_size": _int(100, _at_least(1)),
-    "concurrency": _int(1, _at_least(1)),
-    "outbox": _str(None, _non_empty),
-    "outbox_max_events": _int(1_000_000, _at_least(1)),
-    "dedup_path": _str(None, _non_empty),
+    "group": _str(None, _non_empty).for_bridge(),
+    "max_attempts": _int(3, _at_least(1)).for_bridge(),
+    "backoff": _float(0.1, _at_least(0)).for_bridge(),
+    "max_backoff": _float(5.0, _at_least(0)).for_bridge(),
+    "dedup_window": _float(300.0, _at_least(0)).for_bridge(),
+    "dedup_size": _int(100_000, _at_least(0)).for_bridge(),
+    "unrouted": _str("skip", _choice("skip", "dlq")).for_bridge(),
+    "create_topics": _Option(
+        "a boolean", True, _text_bool, lambda v: isinstance(v, bool), bridge=True
+    ),
+    "partitions": _int(1, _at_least(1)).for_bridge(),
+    "ready_timeout": _float(30.0, _at_least(0)).for_bridge(),
+    "drain_timeout": _float(30.0, _at_least(0)).for_bridge(),
+    "batch_size": _int(100, _at_least(1)).for_bridge(),
+    "concurrency": _int(1, _at_least(1)).for_bridge(),
+    "outbox": _str(None, _non_empty).for_bridge(),
+    "outbox_max_events": _int(1_000_000, _at_least(1)).for_bridge(),
+    "dedup_path": _str(None, _non_empty).for_bridge(),
     "log_level": _str("INFO", _level),
     "metrics_port": _int(None, _port),
     "metrics_host": _str("127.0.0.1", _non_empty),
 }
-"""Every ``[bridge]`` key. docs/configuration.md documents each (a test checks that)."""
+"""Every ``[bridge]`` key: the one table of the options. ``Config``'s defaults come from
+it, and the keys marked ``for_bridge`` are ``Bridge``'s keyword arguments of the same name
+and default (a test holds ``Bridge``'s signature to it); docs/configuration.md documents
+each (a test checks that too)."""
 
-BRIDGE_CONSTRUCTOR_KEYS = (
-    "group",
-    "max_attempts",
-    "backoff",
-    "max_backoff",
-    "dedup_window",
-    "dedup_size",
-    "unrouted",
-    "create_topics",
-    "partitions",
-    "ready_timeout",
-    "drain_timeout",
-    "batch_size",
-    "concurrency",
-    "outbox",
-    "outbox_max_events",
-    "dedup_path",
+BRIDGE_CONSTRUCTOR_KEYS = tuple(key for key, option in BRIDGE_OPTIONS.items() if option.bridge)
+
+
+def _default(key: str) -> Any:
+    return BRIDGE_OPTIONS[key].default
+
+
+ROUTE_KEYS = (
+    "signals",
+    "topic",
+    "direction",
+    "key",
+    "dlq",
+    "retry_delays",
+    "retry_topic",
+    "require_handlers",
 )
-ROUTE_KEYS = ("signals", "topic", "direction", "key", "dlq", "retry_delays", "retry_topic")
 SECTIONS = ("bridge", "kafka", "route")
 
 
@@ -228,28 +235,30 @@ class Config:
     """
 
     service: str
-    modules: tuple[str, ...] = ()
-    group: str | None = None
-    max_attempts: int = 3
-    backoff: float = 0.1
-    max_backoff: float = 5.0
-    dedup_window: float = 300.0
-    dedup_size: int = 100_000
-    unrouted: Literal["skip", "dlq"] = "skip"
-    create_topics: bool = True
-    partitions: int = 1
-    ready_timeout: float = 30.0
-    drain_timeout: float = 30.0
-    batch_size: int = 100
-    concurrency: int = 1
-    outbox: str | None = None
-    outbox_max_events: int = 1_000_000
-    dedup_path: str | None = None
-    log_level: str = "INFO"
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    modules: tuple[str, ...] = _default("modules")
+    group: str | None = _default("group")
+    max_attempts: int = _default("max_attempts")
+    backoff: float = _default("backoff")
+    max_backoff: float = _default("max_backoff")
+    dedup_window: float = _default("dedup_window")
+    dedup_size: int = _default("dedup_size")
+    unrouted: Literal["skip", "dlq"] = _default("unrouted")
+    create_topics: bool = _default("create_topics")
+    partitions: int = _default("partitions")
+    ready_timeout: float = _default("ready_timeout")
+    drain_timeout: float = _default("drain_timeout")
+    batch_size: int = _default("batch_size")
+    concurrency: int = _default("concurrency")
+    outbox: str | None = _default("outbox")
+    outbox_max_events: int = _default("outbox_max_events")
+    dedup_path: str | None = _default("dedup_path")
+    log_level: str = _default("log_level")
+    metrics_port: int | None = _default("metrics_port")
+    metrics_host: str = _default("metrics_host")
     kafka: Mapping[str, KafkaValue] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    optional_handlers: frozenset[Route] = frozenset()
+    """Inbound routes whose signals may have no handler (``require_handlers = false``)."""
     source: str = "<defaults>"
     """Where the file came from (its path), for messages."""
 
@@ -289,6 +298,46 @@ class Config:
             **self.bridge_options(),
         )
 
+    def check_handlers(self, bus: EventBus) -> None:
+        """ConfigError when an inbound route's signals have no handler on ``bus`` (the
+        events would be received, counted as handled and committed with nobody running),
+        unless the route says ``require_handlers = false``."""
+        from ._routes import unhandled_signals
+
+        for route in self.routes:
+            if not route.is_inbound or route in self.optional_handlers:
+                continue
+            missing = unhandled_signals(route, bus)
+            if missing:
+                modules = ", ".join(self.modules) or "none"
+                raise ConfigError(
+                    f"{self.source}: {describe_route(route)}: no handler for "
+                    f"{', '.join(missing)} on {_bus_name(bus)} after importing the "
+                    f"[bridge] modules ({modules}): events would be committed unhandled. "
+                    "Handler modules register on eventbus.default_bus (not an EventBus() "
+                    "of their own); if no handler is intended, set require_handlers = false "
+                    "on the route"
+                )
+
+    def check_files(self) -> None:
+        """ConfigError when the outbox or the dedup store could not be created: their
+        directory must exist and be writable (nothing is created here)."""
+        for key in ("outbox", "dedup_path"):
+            path = getattr(self, key)
+            if path is None:
+                continue
+            where = Path(path).expanduser()
+            folder = where.parent if not where.is_dir() else where
+            if where.is_dir():
+                problem = "is a directory, not a file"
+            elif not folder.is_dir():
+                problem = f"its directory {folder} does not exist"
+            elif not os.access(where if where.exists() else folder, os.W_OK):
+                problem = "not writable by this user"
+            else:
+                continue
+            raise ConfigError(f"{self.source}: [bridge] {key} = {path!r}: {problem}")
+
     def describe(self) -> list[str]:
         """Human-readable lines summing up the configuration, secrets masked."""
         lines = [f"service {self.service!r} (group {self.group or self.service!r})"]
@@ -298,6 +347,12 @@ class Config:
         for route in self.routes:
             lines.append(describe_route(route))
         return lines
+
+
+def _bus_name(bus: EventBus) -> str:
+    from eventbus import default_bus
+
+    return "eventbus.default_bus" if bus is default_bus else f"the bus {bus!r}"
 
 
 def describe_route(route: Route) -> str:
@@ -437,7 +492,14 @@ def parse_config(
         settings[key] = value
 
     routes = tuple(_route(i, r, source) for i, r in enumerate(routes_data, 1))
-    return Config(**options, kafka=settings, routes=routes, source=source)
+    optional = frozenset(
+        route
+        for route, data in zip(routes, routes_data, strict=True)
+        if data.get("require_handlers") is False
+    )
+    return Config(
+        **options, kafka=settings, routes=routes, optional_handlers=optional, source=source
+    )
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -531,6 +593,11 @@ def _route(number: int, data: Any, source: str) -> Route:
             raise ConfigError(
                 f"{where}: {key} expects a string, got {_type_name(data[key])} ({data[key]!r})"
             )
+    if not isinstance(data.get("require_handlers", True), bool):
+        value = data["require_handlers"]
+        raise ConfigError(
+            f"{where}: require_handlers expects a boolean, got {_type_name(value)} ({value!r})"
+        )
     delays = data.get("retry_delays", [])
     if not isinstance(delays, list):
         raise ConfigError(

@@ -23,6 +23,9 @@ from ._transport import Producer, Record, Transport
 
 log = logging.getLogger("bridge")
 
+LOG_TRACEBACK_LIMIT = 4000
+"""Characters of a handler's traceback logged with its dead letter (head and tail kept)."""
+
 
 class DeadLetter:
     """A record on its way to a dead-letter topic, and the outcome of its delivery."""
@@ -120,9 +123,20 @@ class DeadLetters:
                 (DLQ_PREFIX + "traceback", traceback_summary(failures)),
             ]
         headers += extra
-        log.warning(
-            "bridge %s: dead-lettering %s to %s: %s", self.service, where(record), topic, reason
-        )
+        if failures:
+            log.warning(
+                "bridge %s: dead-lettering %s to %s: %s; the last failure of %s:\n%s",
+                self.service,
+                where(record),
+                topic,
+                reason,
+                handler_name(failures[0].handler),
+                bounded_traceback(failures[0].exception),
+            )
+        else:
+            log.warning(
+                "bridge %s: dead-lettering %s to %s: %s", self.service, where(record), topic, reason
+            )
         letter = DeadLetter(record, topic, headers)
         self._send(letter)
         return letter
@@ -193,6 +207,16 @@ class DeadLetters:
         """Flush and close the producer made for dead letters, if one was."""
         if self._producer is not None and self._producer is not self._shared:
             self._producer.close(timeout)
+
+
+def bounded_traceback(exc: BaseException, limit: int = LOG_TRACEBACK_LIMIT) -> str:
+    """The traceback of ``exc`` as text, at most about ``limit`` characters: a long one
+    keeps its start and its end (where the error was raised)."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n  ... ({len(text) - 2 * half} characters left out) ...\n{text[-half:]}"
 
 
 TRACEBACK_LIMIT = 8192

@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeAlias
 
-from eventbus import EventBus, HandlerFailure, PayloadError
+from eventbus import EventBus, HandlerFailure, PayloadError, handler_name
 
 from ._codec import MsgpackCodec
-from ._dead_letters import DeadLetter, DeadLetters, where
+from ._dead_letters import DeadLetter, DeadLetters, bounded_traceback, where
 from ._dedup import DedupStore
 from ._envelope import Envelope, read_envelope, trace_context
 from ._errors import DecodeError
@@ -344,6 +344,7 @@ class Inbound:
         attempts = 1
         delay = self.backoff
         while failures and attempts < self.max_attempts:
+            self._log_attempt(record, failures, attempts)
             if self.stopping.wait(delay):
                 return NOT_DONE
             delay = min(delay * 2, self.max_backoff)
@@ -372,6 +373,7 @@ class Inbound:
         attempts = 1
         delay = self.backoff
         while failures and attempts < self.max_attempts:
+            self._log_attempt(record, failures, attempts)
             try:
                 await asyncio.wait_for(stopped.wait(), delay)
                 return NOT_DONE
@@ -405,6 +407,21 @@ class Inbound:
         return self._dead_letter(
             record, route, reason, type(first.exception).__name__, failures, attempts
         )
+
+    def _log_attempt(self, record: Record, failures: list[HandlerFailure], attempt: int) -> None:
+        """At DEBUG, each failure of an attempt that will be retried, with its traceback
+        (the last attempt's is logged with the dead letter)."""
+        if log.isEnabledFor(logging.DEBUG):
+            for failure in failures:
+                log.debug(
+                    "bridge %s: %s: attempt %d of %d failed in %s, retrying:\n%s",
+                    self.service,
+                    where(record),
+                    attempt,
+                    self.max_attempts,
+                    handler_name(failure.handler),
+                    bounded_traceback(failure.exception),
+                )
 
     def _retried(self) -> None:
         with self._stats_lock:

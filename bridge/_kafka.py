@@ -1,12 +1,14 @@
 """The Kafka transport: the transport seam over confluent-kafka (librdkafka).
 
 ``config`` holds librdkafka settings, passed through untouched; we only add defaults the
-user did not set. Producer: ``enable.idempotence=true``, ``acks=all``, ``linger.ms=5``.
+user did not set. Producer: ``enable.idempotence=true``, ``acks=all``, ``linger.ms=5``,
+``allow.auto.create.topics=false`` (only ``ensure_topics`` creates topics).
 Consumer: ``enable.auto.offset.store=false`` (only ``store()``d records are committed),
 ``enable.auto.commit=true`` (stored offsets are committed every
 ``auto.commit.interval.ms``), ``auto.offset.reset=latest`` and
 ``partition.assignment.strategy=cooperative-sticky``: a rebalance only moves the partitions
-that must move, so the members that keep theirs never stop consuming.
+that must move, so the members that keep theirs never stop consuming;
+``session.timeout.ms=10000``: a crashed member's partitions move after 10 s, not 45.
 
 One config may hold producer and consumer keys (one ``[kafka]`` section). librdkafka warns
 about a key of the other client type, so the well-known producer-only keys are dropped
@@ -28,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from ._errors import ConfigError, QueueFullError, TransportError
+from ._throttle import LogThrottle
 from ._transport import (
     Consumer,
     DeliveryCallback,
@@ -40,6 +43,7 @@ from ._transport import (
 )
 
 log = logging.getLogger("bridge.kafka")
+_error_log = LogThrottle(log)
 
 __all__ = ["CONSUMER_ONLY", "PRODUCER_ONLY", "KafkaTransport"]
 
@@ -47,13 +51,24 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 5,
+    # Topics are created by ensure_topics (create_topics) or not at all: a producer's
+    # metadata request (warm-up, first produce) must not create one through the broker's
+    # auto.create.topics.enable.
+    "allow.auto.create.topics": False,
 }
 CONSUMER_DEFAULTS: Mapping[str, Any] = {
     "enable.auto.offset.store": False,
     "enable.auto.commit": True,
     "auto.offset.reset": "latest",
     "partition.assignment.strategy": "cooperative-sticky",
+    # A crashed member holds its partitions this long (librdkafka: 45 s); heartbeats come
+    # from librdkafka's own thread, so a slow handler does not end a session (that is
+    # max.poll.interval.ms). docs/operations.md, "Restarting after a crash".
+    "session.timeout.ms": 10_000,
 }
+
+LIBRDKAFKA_SESSION_TIMEOUT_MS = 45_000
+"""librdkafka's own default ``session.timeout.ms``."""
 
 PRODUCER_ONLY = frozenset(
     {
@@ -129,10 +144,19 @@ MANAGED = frozenset({"delivery.report.only.error", "on_delivery", "dr_cb", "dr_m
 def _on_error(err: KafkaError) -> None:
     """librdkafka's error callback: transient errors are logged (the client retries them
     itself); a fatal one raises out of the ``poll``/``flush``/``consume`` that served it."""
-    if err.fatal():
+    if _is_fatal(err):
         log.error("fatal Kafka error: %s", err)
         raise TransportError(f"fatal Kafka error: {err}")
-    log.warning("Kafka error (the client retries): %s", err)
+    # librdkafka logs the same condition itself (its own line, through ``logger``): this
+    # one says once per condition that the client retries, then counts the repeats.
+    _error_log.log(logging.WARNING, err.code(), "Kafka error (the client retries): %s", err)
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    """A fatal error: the client can do nothing more. librdkafka reports one to a consumer
+    as a message whose error is ``_FATAL`` (and ``fatal()`` False): a fenced static member
+    (a second replica with its ``group.instance.id``) gets that."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 def _client_config(
@@ -442,10 +466,12 @@ class _KafkaConsumer(Consumer):
                 error = msg.error()
                 if error is None:
                     return _record(msg)
-                if error.fatal():
+                if _is_fatal(error):
                     raise TransportError(f"fatal Kafka consumer error: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("Kafka consumer error (skipped): %s", error)
+                    _error_log.log(
+                        logging.WARNING, error.code(), "Kafka consumer error (skipped): %s", error
+                    )
                 timeout = max(0.0, deadline - time.monotonic())
         except KafkaException as exc:
             raise _translate(exc, "consumer poll failed") from exc
@@ -474,10 +500,12 @@ class _KafkaConsumer(Consumer):
                 error = msg.error()
                 if error is None:
                     continue
-                if error.fatal():
+                if _is_fatal(error):
                     raise TransportError(f"fatal Kafka consumer error: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("Kafka consumer error (skipped): %s", error)
+                    _error_log.log(
+                        logging.WARNING, error.code(), "Kafka consumer error (skipped): %s", error
+                    )
         return records
 
     def store(self, record: Record) -> None:
@@ -689,6 +717,64 @@ class KafkaTransport(Transport):
             if time.monotonic() >= deadline:
                 raise TransportError(f"topics not ready after {timeout}s: {pending}")
             time.sleep(0.05)  # metadata has no change notification; poll it briefly
+
+    def validate(self) -> None:
+        """Build the producer's, consumer's and admin client's configurations in
+        librdkafka, without ``bootstrap.servers`` (so nothing is contacted): ConfigError
+        with librdkafka's own message for a property or value it refuses."""
+        offline = {k: v for k, v in self.config.items() if k != "bootstrap.servers"}
+        quiet = {"log_level": 0, "logger": log}
+        clients: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any]]] = [
+            (
+                "producer",
+                confluent_kafka.Producer,
+                _client_config(offline, PRODUCER_DEFAULTS, CONSUMER_ONLY),
+            ),
+            (
+                "consumer",
+                confluent_kafka.Consumer,
+                {
+                    **_client_config(offline, CONSUMER_DEFAULTS, PRODUCER_ONLY),
+                    "group.id": "validate",
+                },
+            ),
+            (
+                "admin client",
+                AdminClient,
+                _client_config(offline, {}, CONSUMER_ONLY | PRODUCER_ONLY),
+            ),
+        ]
+        for kind, build, config in clients:
+            try:
+                client = build({**config, **quiet})
+            except (KafkaException, ValueError, TypeError) as exc:
+                err = exc.args[0] if exc.args else exc
+                text = err.str() if isinstance(err, KafkaError) else str(err)
+                raise ConfigError(f"bad [kafka] settings ({kind}): {text}") from None
+            if isinstance(client, confluent_kafka.Consumer):
+                client.close()
+
+    def describe_group(self, group: str, timeout: float = 5.0) -> str | None:
+        """``group 'g' is PREPARING_REBALANCE, 2 member(s): rdkafka-1f2e (static id
+        svc-1) on /10.0.0.5, ...``: what a member waiting for its assignment waits for."""
+        try:
+            future = self._admin_client().describe_consumer_groups(
+                [group], request_timeout=max(timeout, 0.001)
+            )[group]
+            found = future.result(timeout=max(timeout, 0.001))
+        except Exception as exc:  # only for a log line
+            log.debug("describing group %s failed: %s", group, exc)
+            return None
+        state = getattr(found.state, "name", str(found.state))
+        members = [
+            f"{m.client_id or m.member_id}"
+            + (f" (static id {m.group_instance_id})" if m.group_instance_id else "")
+            + f" on {m.host}"
+            for m in found.members
+        ]
+        return f"group {group!r} is {state}, {len(members)} member(s)" + (
+            ": " + ", ".join(members) if members else ""
+        )
 
     def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
         """Per partition: the earliest and the latest offset (AdminClient.list_offsets)."""

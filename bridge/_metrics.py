@@ -1,7 +1,7 @@
 """Prometheus metrics and a health check for the daemon (``/metrics``, ``/healthz``).
 
 A custom collector reads ``Bridge.stats`` when Prometheus scrapes, so the hot path pays
-nothing. prometheus-client is optional (``pip install eventbus-bridge[metrics]``); it is
+nothing. prometheus-client is optional (the ``[metrics]`` extra); it is
 imported only when a metrics port is configured.
 
 Consumer lag is the sum over the assigned partitions of (end offset - position), from the
@@ -20,7 +20,7 @@ from ._bridge import Bridge
 from ._errors import ConfigError, TransportError
 
 log = logging.getLogger("bridge.metrics")
-INSTALL_HINT = "pip install eventbus-bridge[metrics]"
+INSTALL_HINT = "pip install prometheus-client (the [metrics] extra: pip install '.[metrics]')"
 
 # (metric name without _total, Stats field, help)
 COUNTERS = (
@@ -70,49 +70,55 @@ DEPTH_TIMEOUT = 2.0
 
 
 class BridgeCollector:
-    """Exposes one bridge's ``Stats`` as Prometheus metrics, read at scrape time."""
+    """Exposes one bridge's ``Stats`` as Prometheus metrics, read at scrape time.
 
-    def __init__(self, bridge: Bridge) -> None:
+    ``bridge`` may be None (the daemon is still starting) and set later: until then only
+    ``eventbus_bridge_healthy`` (0) is exposed.
+    """
+
+    def __init__(self, bridge: Bridge | None, service: str | None = None) -> None:
         self.bridge = bridge
+        self.service = service if service is not None else (bridge.service if bridge else "")
         self._core = require_prometheus().core
 
     def collect(self) -> Iterator[Any]:
         core = self._core
         bridge = self.bridge
-        stats = bridge.stats
         labels = ["service"]
-        for name, field, text in COUNTERS:
-            family = core.CounterMetricFamily(name, text, labels=labels)
-            family.add_metric([bridge.service], getattr(stats, field))
-            yield family
-        in_flight = core.GaugeMetricFamily(
-            "eventbus_bridge_in_flight",
-            "Records produced and not yet delivered or failed.",
-            labels=labels,
-        )
-        in_flight.add_metric([bridge.service], stats.in_flight)
-        yield in_flight
-        if stats.consumer_lag is not None:
-            lag = core.GaugeMetricFamily(
-                "eventbus_bridge_consumer_lag",
-                "Records behind the end of the assigned partitions.",
+        service = bridge.service if bridge is not None else self.service
+        if bridge is not None:
+            stats = bridge.stats
+            for name, field, text in COUNTERS:
+                family = core.CounterMetricFamily(name, text, labels=labels)
+                family.add_metric([service], getattr(stats, field))
+                yield family
+            in_flight = core.GaugeMetricFamily(
+                "eventbus_bridge_in_flight",
+                "Records produced and not yet delivered or failed.",
                 labels=labels,
             )
-            lag.add_metric([bridge.service], stats.consumer_lag)
-            yield lag
-        depth = self._dead_letter_depth(core, labels)
-        if depth is not None:
-            yield depth
+            in_flight.add_metric([service], stats.in_flight)
+            yield in_flight
+            if stats.consumer_lag is not None:
+                lag = core.GaugeMetricFamily(
+                    "eventbus_bridge_consumer_lag",
+                    "Records behind the end of the assigned partitions.",
+                    labels=labels,
+                )
+                lag.add_metric([service], stats.consumer_lag)
+                yield lag
+            depth = self._dead_letter_depth(core, labels, bridge)
+            if depth is not None:
+                yield depth
         healthy = core.GaugeMetricFamily(
             "eventbus_bridge_healthy", "1 while the bridge runs and is healthy.", labels=labels
         )
-        healthy.add_metric([bridge.service], 1.0 if bridge.healthy else 0.0)
+        healthy.add_metric([service], 1.0 if bridge is not None and bridge.healthy else 0.0)
         yield healthy
 
-    def _dead_letter_depth(self, core: Any, labels: list[str]) -> Any:
+    def _dead_letter_depth(self, core: Any, labels: list[str], bridge: Bridge) -> Any:
         """Records in each dead-letter topic (end minus first offset), from the broker;
         None when it does not answer in ``DEPTH_TIMEOUT`` (the scrape goes on)."""
-        bridge = self.bridge
         topics = list(dict.fromkeys(r.dead_letter_topic for r in bridge.routes if r.is_inbound))
         if not topics:
             return None
@@ -137,13 +143,21 @@ class MetricsServer:
     """An HTTP server on its own thread: ``/metrics`` and ``/healthz``.
 
     ``/healthz`` answers 200 while ``bridge.healthy`` (started, ready, not failed) and 503
-    otherwise (starting, draining, failed). ``close()`` stops it; idempotent.
+    otherwise (starting, draining, failed). ``bridge`` may be None while the daemon
+    starts (503) and set later. ``close()`` stops it; idempotent.
     """
 
-    def __init__(self, bridge: Bridge, host: str, port: int) -> None:
+    def __init__(
+        self, bridge: Bridge | None, host: str, port: int, service: str | None = None
+    ) -> None:
         prometheus = require_prometheus()
         registry = prometheus.CollectorRegistry()
-        registry.register(BridgeCollector(bridge))
+        collector = BridgeCollector(bridge, service)
+        registry.register(collector)
+        self._collector = collector
+        self.local_only = False
+        """True for a daemon without routes (no bridge): healthy once it serves."""
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -153,7 +167,8 @@ class MetricsServer:
                         200, prometheus.generate_latest(registry), prometheus.CONTENT_TYPE_LATEST
                     )
                 elif path == "/healthz":
-                    ok = bridge.healthy
+                    current = collector.bridge
+                    ok = server.local_only or (current is not None and current.healthy)
                     self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
                 else:
                     self._reply(404, b"not found: try /metrics or /healthz\n")
@@ -177,6 +192,15 @@ class MetricsServer:
         self._thread.start()
         self._closed = False
 
+    @property
+    def bridge(self) -> Bridge | None:
+        """The bridge served (None while the daemon starts)."""
+        return self._collector.bridge
+
+    @bridge.setter
+    def bridge(self, bridge: Bridge | None) -> None:
+        self._collector.bridge = bridge
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -184,12 +208,15 @@ class MetricsServer:
             self._server.server_close()
 
 
-def serve_metrics(bridge: Bridge, host: str, port: int) -> MetricsServer:
+def serve_metrics(
+    bridge: Bridge | None, host: str, port: int, service: str | None = None
+) -> MetricsServer:
     """Serve ``bridge``'s metrics on ``host:port`` (0: a free port, see ``.port``).
 
+    ``bridge`` None: not yet built (``/healthz`` 503); set ``.bridge`` once it is.
     ConfigError when prometheus-client is missing or the port cannot be bound.
     """
     try:
-        return MetricsServer(bridge, host, port)
+        return MetricsServer(bridge, host, port, service)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None

@@ -22,6 +22,7 @@ from ._errors import DeliveryError, EncodeError
 from ._remote import Remote
 from ._routes import Route
 from ._stats import Stats
+from ._throttle import LogThrottle
 from ._transport import Producer, Record, Transport
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Outbound:
         self.bus = bus
         self.transport = transport
         self.service = service
+        self._failure_log = LogThrottle(log)
         self.bridge_id = bridge_id
         self.routes = tuple(r for r in routes if r.is_outbound)
         self.codec = codec
@@ -112,6 +114,7 @@ class Outbound:
             self._poller.join()
         if producer is not None:
             producer.close(0)  # flush above already waited drain_timeout
+        self._failure_log.flush()
 
     # -- publishing -----------------------------------------------------------------
 
@@ -200,7 +203,10 @@ class Outbound:
     def _report_failure(self, error: Exception, record: Record) -> None:
         failure = DeliveryError(f"record to {record.topic!r} not delivered: {error}", record)
         failure.__cause__ = error
-        log.error("bridge %s: %s", self.service, failure)
+        # One line per condition (topic and error), then a count: not one per record.
+        self._failure_log.log(
+            logging.ERROR, (record.topic, str(error)), "bridge %s: %s", self.service, failure
+        )
         if self.on_delivery_failure is not None:
             try:
                 self.on_delivery_failure(failure)

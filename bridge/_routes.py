@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from eventbus import InvalidNameError, check_name, compile_pattern
+from eventbus import EventBus, InvalidNameError, check_name, compile_pattern
 
 from ._errors import ConfigError
 
@@ -190,6 +190,47 @@ class Route:
     def matches(self, name: str) -> bool:
         """True if the signal ``name`` is covered by this route."""
         return any(compile_pattern(s)(name) if "*" in s else s == name for s in self.signals)
+
+
+def unhandled_signals(route: Route, bus: EventBus) -> list[str]:
+    """The signals (names or patterns) of ``route`` that no handler of ``bus`` covers.
+
+    A pattern counts as covered when some handler's name or pattern can match a name it
+    matches; where two patterns are hard to compare it counts as covered (this check
+    refuses only what clearly has no handler).
+    """
+    subscribed = bus.subscriptions()
+    return [s for s in route.signals if not any(overlaps(s, h) for h in subscribed)]
+
+
+def overlaps(a: str, b: str) -> bool:
+    """True if some signal name can match both ``a`` and ``b`` (names or patterns)."""
+    if "*" not in a or "*" not in b:
+        if "*" not in a and "*" not in b:
+            return a == b
+        pattern, name = (a, b) if "*" in a else (b, a)
+        return compile_pattern(pattern)(name)
+    if "**" in a.split(".") or "**" in b.split("."):
+        return compile_pattern(a)(_example(b)) or compile_pattern(b)(_example(a))
+    first, second = a.split("."), b.split(".")
+    return len(first) == len(second) and all(map(_segments_overlap, first, second))
+
+
+def _example(pattern: str) -> str:
+    return ".".join("x" if seg == "**" else seg.replace("*", "x") for seg in pattern.split("."))
+
+
+def _segments_overlap(a: str, b: str) -> bool:
+    # Two glob segments share a name if their fixed starts and ends agree.
+    start_a, start_b = a.split("*", 1)[0], b.split("*", 1)[0]
+    end_a, end_b = a.rsplit("*", 1)[-1], b.rsplit("*", 1)[-1]
+    if "*" not in a:
+        start_a = end_a = a
+    if "*" not in b:
+        start_b = end_b = b
+    return (start_a.startswith(start_b) or start_b.startswith(start_a)) and (
+        end_a.endswith(end_b) or end_b.endswith(end_a)
+    )
 
 
 def format_delay(seconds: float) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 from ._errors import TransportError
 
@@ -50,7 +50,14 @@ PartitionsCallback = Callable[[list[tuple[str, int]]], None]
 
 
 class Producer(ABC):
-    """Writes records. All methods are thread safe."""
+    """Writes records. All methods are thread safe. ``with producer:`` closes it at the
+    end (flushing first)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def produce(
@@ -97,7 +104,14 @@ class Consumer(ABC):
     only once stored (at-least-once): ``store(record)`` marks a record processed, and
     stored offsets are committed periodically, on ``commit()``, on revocation and on
     ``close()``. After a restart the group resumes after the last committed record.
+    ``with consumer:`` closes it at the end.
     """
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def poll(self, timeout: float) -> Record | None:
@@ -175,7 +189,14 @@ class Consumer(ABC):
 
 
 class Transport(ABC):
-    """Makes producers and consumers for one broker (or one in-process broker)."""
+    """Makes producers and consumers for one broker (or one in-process broker).
+    ``with transport:`` closes it at the end."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def producer(self, *, on_failure: FailureCallback | None = None) -> Producer:
@@ -221,6 +242,15 @@ class Transport(ABC):
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
         """Return ``{topic: partition count}`` for every topic; ``TransportError`` if the
         broker cannot be reached within ``timeout`` seconds."""
+
+    def validate(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Check the client settings without contacting a broker: ``ConfigError`` naming
+        what the client library refuses. Optional: the default accepts everything."""
+
+    def describe_group(self, group: str, timeout: float = 5.0) -> str | None:
+        """One line on the state of consumer group ``group`` and its members, for logs
+        of a member that waits for its assignment; None when unknown. Optional."""
+        return None
 
     @abstractmethod
     def watermarks(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:

@@ -5,7 +5,8 @@ a user's mistake: every failure is one line on stderr, ``eventbus-bridge: error:
 
 Exit statuses: 0 success; 1 a failure at run time (an event not delivered, a problem
 found by ``check``, the bridge failing while running); 2 a bad command line,
-configuration or handler module; 3 the broker could not be reached in time.
+configuration or handler module; 3 the broker could not be reached in time; 130 Ctrl-C
+(``check``, ``emit``, ``tail``; ``run`` drains and exits 0).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
+from eventbus import default_bus
+
 from ._config import Config, describe_route, load_config
 from ._daemon import (
     EXIT_CONFIG,
@@ -33,13 +36,17 @@ from ._daemon import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     DaemonError,
+    Interrupted,
     configure_logging,
     connect,
     import_modules,
+    interrupt_on_sigint,
+    preflight,
 )
 from ._errors import BridgeError, ConfigError, TransportError
 
 PROG = "eventbus-bridge"
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
 DEFAULT_TIMEOUT = 10.0
 
 MAIN_EPILOG = """\
@@ -52,7 +59,7 @@ examples:
   eventbus-bridge dlq ls -c message-service.toml
 
 exit status: 0 ok, 1 failed at run time, 2 bad command line or configuration,
-3 the broker could not be reached in time. See docs/operations.md.
+3 the broker could not be reached in time, 130 interrupted (Ctrl-C). See docs/operations.md.
 """
 
 RUN_EPILOG = """\
@@ -70,7 +77,9 @@ examples:
 
 CHECK_EPILOG = """\
 Validates the file (with the environment and --set applied), imports the handler
-modules, reaches the broker and lists each route with whether its topics exist.
+modules and checks that every inbound route has handlers, builds the librdkafka client
+settings, reaches the broker and lists each route with whether its topics exist: what
+run checks before it serves, so the two agree.
 Secrets are masked. Exit status 0 when all is well, 1 when a topic is missing and
 create_topics is false, 2 for a bad file or module, 3 when the broker is unreachable.
 
@@ -82,9 +91,11 @@ examples:
 TAIL_EPILOG = """\
 Reads the topic with a throwaway consumer group (nothing is committed) and prints one
 line per record: time, topic/partition@offset, type, source, key, payload. Records
-that cannot be decoded are shown as UNDECODABLE with the reason. Stops on Ctrl-C.
+that cannot be decoded are shown as UNDECODABLE with the reason. A dead letter gets a
+second line: its reason, error, handler, original topic/partition@offset and attempts.
+Stops on Ctrl-C (exit status 130; 143 on SIGTERM), or after -n records (0).
 With --json, one JSON object per line (datetime, UUID and Decimal as text, bytes as
-base64; undecodable records have an "error" field).
+base64; undecodable records have an "error" field, dead letters a "dead_letter" object).
 
 examples:
   eventbus-bridge tail users -b 127.0.0.1:9092
@@ -163,8 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = interrupt_on_sigint()  # run installs its own handlers
     try:
         status: int = args.command(args)
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C: no traceback, the shell's status
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except DaemonError as exc:
         return _fail(str(exc), exc.status)
     except ConfigError as exc:
@@ -173,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_UNAVAILABLE)
     except BridgeError as exc:
         return _fail(str(exc), EXIT_FAILED)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return status
 
 
@@ -200,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--log-level",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         type=str.upper,
         help="log level (run: default from the file, else INFO; other commands: ERROR)",
     )
@@ -402,11 +419,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in config.describe():
         if not line.startswith("route "):
             print(f"  {line}", file=out)
-    import_modules(config.modules)
+    preflight(config, default_bus)  # all that run checks before it connects
     if config.modules:
         print(f"  modules imported: {', '.join(config.modules)}", file=out)
-    if not config.routes and not config.bootstrap:
-        print("no routes and no broker: local signals only (a monolith)", file=out)
+    if not config.routes:
+        print("no routes: local signals only (a monolith), no broker needed", file=out)
         print("ok", file=out)
         return EXIT_OK
     config = _with_timeout(config, args.timeout)
@@ -416,7 +433,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         transport.close()
     print(f"broker {config.bootstrap}: reachable, {len(topics)} topic(s)", file=out)
-    problems = 0
+    problems: list[str] = []
     for route in config.routes:
         print(describe_route(route), file=out)
         names = [route.topic] + ([route.dead_letter_topic] if route.is_inbound else [])
@@ -427,13 +444,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             elif config.create_topics:
                 state = "missing: created at start (create_topics = true)"
             else:
-                state = "MISSING, and create_topics = false: create it first"
-                problems += 1
+                state = "MISSING, and create_topics = false: create it first (run refuses)"
+                problems.append(name)
             print(f"  topic {name}: {state}", file=out)
-    if not config.routes:
-        print("no routes: nothing is bridged", file=out)
     if problems:
-        return _fail(f"{problems} problem(s) found in {config.source}", EXIT_FAILED)
+        return _fail(
+            f"{config.source}: topic(s) {', '.join(dict.fromkeys(problems))} missing on "
+            f"{config.bootstrap}, and create_topics = false: create them first",
+            EXIT_FAILED,
+        )
     print("ok", file=out)
     return EXIT_OK
 
@@ -481,7 +500,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
             consumer.close()
     finally:
         transport.close()
-    return EXIT_OK
+    return 128 + stop.signum if stop.signum else EXIT_OK
 
 
 def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
@@ -490,6 +509,8 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
 
     key = record.key.decode(errors="replace") if record.key is not None else None
     where = f"{record.topic}/{record.partition}@{record.offset}"
+    letter = dead_letter_headers(record)
+    dead = _describe_dead_letter(letter) if letter else ""
     try:
         envelope = read_envelope(record)
         payload = codec.decode(record.value if record.value is not None else b"")
@@ -504,9 +525,10 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
                     "key": key,
                     "error": str(exc),
                     "size": size,
+                    **({"dead_letter": letter} if letter else {}),
                 }
             )
-        return f"-  {where}  UNDECODABLE ({exc})  key={key or '-'}  {size} byte(s)"
+        return f"-  {where}  UNDECODABLE ({exc})  key={key or '-'}  {size} byte(s){dead}"
     if as_json:
         return json.dumps(
             {
@@ -519,6 +541,7 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
                 "id": envelope.id,
                 "key": key,
                 "payload": payload,
+                **({"dead_letter": letter} if letter else {}),
             },
             default=_jsonable,
             ensure_ascii=False,
@@ -526,8 +549,33 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
     text = json.dumps(payload, default=_jsonable, ensure_ascii=False)
     return (
         f"{envelope.time or '-'}  {where}  {envelope.type}  source={envelope.source}  "
-        f"key={key or '-'}  {text}"
+        f"key={key or '-'}  {text}{dead}"
     )
+
+
+def dead_letter_headers(record: Any) -> dict[str, str]:
+    """The ``eventbus-dlq-*`` headers of a dead letter (reason, error, handler, topic,
+    partition, offset, attempts, service), by name without the prefix; {} for others."""
+    from ._envelope import DLQ_PREFIX
+
+    found: dict[str, str] = {}
+    for name, value in record.headers or ():
+        if name.startswith(DLQ_PREFIX) and value is not None:
+            found[name[len(DLQ_PREFIX) :]] = value.decode(errors="replace")
+    return found
+
+
+def _describe_dead_letter(letter: dict[str, str]) -> str:
+    origin = (
+        f"{letter.get('topic', '?')}/{letter.get('partition', '?')}@{letter.get('offset', '?')}"
+    )
+    parts = [f"reason={letter.get('reason', '?')!r}", f"error={letter.get('error', '?')}"]
+    if "handler" in letter:
+        parts.append(f"handler={letter['handler']}")
+    parts += [f"from={origin}", f"attempts={letter.get('attempts', '?')}"]
+    if "service" in letter:
+        parts.append(f"service={letter['service']}")
+    return "\n    DEAD LETTER  " + "  ".join(parts)
 
 
 def _jsonable(value: Any) -> Any:
@@ -896,11 +944,18 @@ def _with_timeout(config: Config, timeout: float) -> Config:
     return replace(config, ready_timeout=timeout)
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (this is the CLI: it may install handlers)."""
-    stop = threading.Event()
+class _Stop(threading.Event):
+    """Set by SIGTERM or SIGINT; ``signum`` says which came first."""
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+    signum = 0
+
+
+def _stop_on_signals() -> _Stop:
+    """An event set by SIGTERM or SIGINT (this is the CLI: it may install handlers)."""
+    stop = _Stop()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.signum = stop.signum or signum
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -920,4 +975,11 @@ def _version() -> str:
         return "unknown"
 
 
-__all__ = ["build_parser", "format_record", "main", "parse_fields", "parse_time"]
+__all__ = [
+    "build_parser",
+    "dead_letter_headers",
+    "format_record",
+    "main",
+    "parse_fields",
+    "parse_time",
+]

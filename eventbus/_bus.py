@@ -233,6 +233,25 @@ class EventBus:
             self._remove(gone)
         return len(gone)
 
+    def subscriptions(self) -> list[str]:
+        """The names and patterns this bus has handlers for, in registration order, then
+        the names of signals with receivers connected through blinker directly.
+
+        Useful to check that the handlers an application expects are registered (the
+        bridge daemon refuses an inbound route whose signals nobody handles).
+        """
+        with self._lock:
+            found = [s.pattern for s in self._subs]
+            for name in list(self._namespace):
+                if not isinstance(name, str):
+                    continue
+                slot = self._slots.get(name)
+                signal = self._namespace[name]
+                receivers = len(signal.receivers) - (1 if slot is not None else 0)
+                if receivers > 0:
+                    found.append(name)
+        return list(dict.fromkeys(found))
+
     # -- emitting --------------------------------------------------------------------
 
     def emit(self, target: str | object, /, sender: Any = None, **payload: Any) -> None:
@@ -367,7 +386,9 @@ class EventBus:
     def capture(self, pattern: str = "**") -> Iterator[list[Event]]:
         """Record the events matching ``pattern`` emitted inside the block. Useful for tests.
 
-        Yields a list that fills with ``Event`` objects (payloads copied) in emit order.
+        Yields a list that fills with ``Event`` objects (payloads copied) in the order the
+        recorder (a handler registered last) is called: an event emitted by a handler of
+        another event, which runs at once, comes before the event that caused it.
         """
         events: list[Event] = []
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 from collections.abc import Sequence
 
@@ -30,15 +31,14 @@ def register(name: str, email: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Host the service as the configuration says, register the given users, stop."""
-    from bridge import load_config
-    from bridge._daemon import DaemonError, configure_logging, hosted
+    from bridge import DaemonError, hosted, load_config
 
     parser = argparse.ArgumentParser(prog="python -m examples.users", description=__doc__)
     parser.add_argument("-c", "--config", required=True, help="the service's TOML file")
     parser.add_argument("users", nargs="+", metavar="NAME=EMAIL")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    configure_logging(config.log_level)
+    logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         with hosted(config) as bridge:
             for user in args.users:

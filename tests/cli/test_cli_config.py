@@ -371,3 +371,96 @@ def test_the_reference_documents_every_key() -> None:
         assert f"EVENTBUS_BRIDGE_{key.upper()}" in reference, key
     for key in ROUTE_KEYS:
         assert f"`{key}`" in reference, key
+
+
+def test_an_inbound_route_without_handlers_is_refused_naming_route_signals_and_bus(
+    write,
+) -> None:
+    config = load(MINIMAL, write)
+    bus = EventBus()
+    with pytest.raises(ConfigError) as info:
+        config.check_handlers(bus)
+    message = str(info.value)
+    assert "route in   user.registered <- users" in message
+    assert "no handler for user.registered on the bus" in message
+    assert "require_handlers = false" in message
+
+    bus.on("user.*")(lambda sender, **_: None)
+    config.check_handlers(bus)  # a pattern covers it
+
+    optional = load(MINIMAL + "require_handlers = false\n", write)
+    optional.check_handlers(EventBus())  # said to be intended
+    assert "expects a boolean" in error_of(MINIMAL + 'require_handlers = "no"\n', write)
+
+
+def test_outbound_routes_need_no_handlers(write) -> None:
+    config = load(MINIMAL.replace('"in"', '"out"'), write)
+    config.check_handlers(EventBus())
+
+
+@pytest.mark.parametrize(
+    ("route", "handler", "covered"),
+    [
+        ("user.registered", "user.registered", True),
+        ("user.registered", "user.*", True),
+        ("user.*", "user.registered", True),
+        ("user.*", "user.**", True),
+        ("user.reg*", "user.*ed", True),
+        ("user.**.done", "user.*.done", True),
+        ("**", "order.placed", True),
+        ("user.registered", "user.deleted", False),
+        ("user.*", "order.*", False),
+        ("user.*", "user.email.changed", False),
+        ("order.**", "user.*", False),
+    ],
+)
+def test_route_signals_against_handler_patterns(route: str, handler: str, covered: bool) -> None:
+    from bridge._routes import overlaps, unhandled_signals
+
+    assert overlaps(route, handler) is covered
+    assert overlaps(handler, route) is covered
+    bus = EventBus()
+    bus.on(handler)(lambda sender, **_: None)
+    assert unhandled_signals(Route.inbound(route, topic="t"), bus) == ([] if covered else [route])
+
+
+def test_one_table_of_options_agrees_with_config_bridge_and_the_reference() -> None:
+    """BRIDGE_OPTIONS is the one table: Config's defaults, Bridge's keyword arguments (same
+    names, same defaults) and the documented defaults all agree with it, and a Bridge
+    option missing from the table fails here."""
+    import dataclasses
+    import inspect
+
+    from bridge import Bridge
+    from bridge._config import BRIDGE_CONSTRUCTOR_KEYS
+
+    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    for key, option in BRIDGE_OPTIONS.items():
+        if key != "service":
+            assert fields[key] == option.default, key
+
+    signature = inspect.signature(Bridge.__init__).parameters
+    not_configurable = {"self", "bus", "transport", "routes", "service", "codec"}
+    not_configurable |= {"on_delivery_failure"}  # callables: Python only, not TOML
+    keywords = {name for name in signature if name not in not_configurable}
+    assert keywords == set(BRIDGE_CONSTRUCTOR_KEYS), "a Bridge option is not in BRIDGE_OPTIONS"
+    for key in BRIDGE_CONSTRUCTOR_KEYS:
+        assert signature[key].default == BRIDGE_OPTIONS[key].default, key
+
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    for key, option in BRIDGE_OPTIONS.items():
+        [row] = [line for line in reference.splitlines() if line.startswith(f"| `{key}` |")]
+        documented = row.split("|")[3].strip()
+        default = option.default
+        if default is None or key == "modules":
+            continue  # "required", "none", "the service", "[]": words, not values
+        literal = (
+            "true"
+            if default is True
+            else "false"
+            if default is False
+            else f'"{default}"'
+            if isinstance(default, str)
+            else f"{default}"
+        )
+        assert documented == f"`{literal}`", (key, documented, literal)

@@ -102,6 +102,7 @@ def test_check_fails_clearly_on_an_unreachable_broker(tmp_path: Path) -> None:
     path.write_text(
         "[bridge]\nservice='svc'\n[kafka]\n'bootstrap.servers'='127.0.0.1:1'\n"
         "'sasl.password'='hunter2'\n"
+        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='out'\n"
     )
     done = cli("check", "-c", str(path), "--timeout", "1.5")
     assert done.process.returncode == 3
@@ -115,7 +116,7 @@ def test_run_fails_clearly_on_an_unreachable_broker(tmp_path: Path) -> None:
     path = tmp_path / "svc.toml"
     path.write_text(
         "[bridge]\nservice='svc'\nready_timeout=1\n[kafka]\n'bootstrap.servers'='127.0.0.1:1'\n"
-        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='in'\n"
+        "[[route]]\nsignals='a.b'\ntopic='t'\ndirection='in'\nrequire_handlers=false\n"
     )
     done = cli("run", "-c", str(path))
     assert done.process.returncode == 3
@@ -228,13 +229,21 @@ def test_metrics_and_health_read_the_bridge_at_scrape_time() -> None:
         server.close()
 
 
+def test_every_log_level_of_the_file_is_accepted_on_the_command_line() -> None:
+    parser = build_parser()
+    for level in ("debug", "INFO", "warning", "ERROR", "critical"):
+        assert parser.parse_args(["check", "-c", "x", "--log-level", level]).log_level == (
+            level.upper()
+        )
+
+
 def test_a_missing_prometheus_client_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(ConfigError, match=r"pip install eventbus-bridge\[metrics\]"):
+    with pytest.raises(ConfigError, match=r"pip install prometheus-client"):
         require_prometheus()
-    assert "eventbus-bridge[metrics]" in INSTALL_HINT
+    assert "pip install prometheus-client" in INSTALL_HINT and "'.[metrics]'" in INSTALL_HINT
     path = tmp_path / "svc.toml"
     path.write_text("[bridge]\nservice='svc'\n[kafka]\n'bootstrap.servers'='127.0.0.1:1'\n")
     # A child process, so that the missing module is really missing.
@@ -248,7 +257,38 @@ def test_a_missing_prometheus_client_says_what_to_install(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_CONFIG
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "pip install eventbus-bridge[metrics]" in errors[0]
+    assert len(errors) == 1 and INSTALL_HINT in errors[0]
+
+
+OWN_BUS_MODULE = '''
+"""Handlers on a bus of their own, as the quickstart's first steps write them."""
+from eventbus import EventBus
+
+bus = EventBus()
+
+@bus.on("user.registered")
+def welcome(sender, **payload):
+    raise AssertionError("never reached through the daemon")
+'''
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_route_whose_handlers_are_on_another_bus_is_refused(tmp_path: Path, command: str) -> None:
+    (tmp_path / "own_bus.py").write_text(OWN_BUS_MODULE)
+    path = tmp_path / "svc.toml"
+    path.write_text(
+        "[bridge]\nservice='svc'\nmodules=['own_bus']\n"
+        "[kafka]\n'bootstrap.servers'='127.0.0.1:1'\n"  # refused before any connection
+        "[[route]]\nsignals=['user.registered', 'user.deleted']\ntopic='users'\ndirection='in'\n"
+    )
+    done = cli(command, "-c", str(path), cwd=tmp_path)
+    assert done.process.returncode == EXIT_CONFIG, done.output
+    assert (
+        "route in   user.registered, user.deleted <- users (dead letters to users.dlq): "
+        "no handler for user.registered, user.deleted on eventbus.default_bus after importing "
+        "the [bridge] modules (own_bus)" in done.output
+    )
+    assert "cannot reach" not in done.output
 
 
 def test_metrics_count_dead_letters_and_delayed_retries() -> None:

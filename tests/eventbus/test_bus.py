@@ -448,3 +448,14 @@ def test_dispatch_async_without_executor_runs_sync_handlers_inline_and_validates
     with bus.muted():
         assert asyncio.run(bus.dispatch_async("a.b", None, {"n": 3})) == []
     assert got == [2]
+
+
+def test_subscriptions_lists_what_has_handlers() -> None:
+    bus = EventBus()
+    assert bus.subscriptions() == []
+    bus.on("user.*")(lambda sender, **_: None)
+    bus.on_event("order.placed")(lambda event: None)
+    bus.on("user.*")(lambda sender, **_: None)  # listed once
+    bus.signal("audit.logged").connect(lambda sender, **_: None, weak=False)  # blinker direct
+    bus.signal("unused.signal")  # a signal without receivers is not listed
+    assert bus.subscriptions() == ["user.*", "order.placed", "audit.logged"]

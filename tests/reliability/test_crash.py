@@ -34,17 +34,13 @@ CONFIG = """
 service = "crash-test"
 group = "{group}"
 modules = ["tests.reliability.daemon"]
-create_topics = false
 {dedup}
 concurrency = {concurrency}
 
 [kafka]
 "bootstrap.servers" = "{bootstrap}"
 "auto.offset.reset" = "earliest"
-# Static membership: a restarted daemon takes its partitions back at once instead of
-# waiting for the killed member's session to time out.
-"group.instance.id" = "{group}-daemon"
-"session.timeout.ms" = 6000
+{membership}
 
 [[route]]
 signals = "load.*"
@@ -53,8 +49,9 @@ direction = "in"
 """
 
 
-def start_daemon(config: Path, out: Path) -> subprocess.Popen[str]:
-    """Run ``eventbus-bridge run -c config`` and return once it logged that it is ready."""
+def start_daemon(config: Path, out: Path, seen: list[str] | None = None) -> subprocess.Popen[str]:
+    """Run ``eventbus-bridge run -c config`` and return once it logged that it is ready
+    (the lines logged until then are appended to ``seen``)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "run", "-c", str(config)],
         cwd=ROOT,
@@ -63,7 +60,7 @@ def start_daemon(config: Path, out: Path) -> subprocess.Popen[str]:
         env={**os.environ, "CRASH_TEST_OUT": str(out)},
     )
     assert proc.stderr is not None
-    seen = []
+    seen = [] if seen is None else seen
     for line in proc.stderr:  # blocks until the daemon is ready (or has died)
         seen.append(line)
         if "ready: service crash-test" in line:
@@ -82,10 +79,24 @@ def count(path: Path) -> int:
         return sum(1 for _ in fh)
 
 
+# Static membership: a restarted daemon takes its partitions back at once instead of
+# waiting for the killed member's session to time out.
+STATIC = """
+"group.instance.id" = "{group}-daemon"
+"session.timeout.ms" = 6000
+"""
+
+
 @pytest.mark.parametrize(
-    ("dedup", "concurrency"),
-    [(False, 1), (True, 1), (True, 16)],
-    ids=["at-least-once", "persistent-dedup", "persistent-dedup-concurrency-16"],
+    ("dedup", "static", "concurrency"),
+    [(False, True, 1), (True, True, 1), (True, True, 16), (False, False, 1), (False, False, 4)],
+    ids=[
+        "at-least-once",
+        "persistent-dedup",
+        "persistent-dedup-concurrency-16",
+        "default-config",
+        "default-config-concurrency-4",
+    ],
 )
 def test_kill_9_in_the_middle_then_restart(
     kafka_bootstrap: str,
@@ -93,8 +104,11 @@ def test_kill_9_in_the_middle_then_restart(
     tmp_path: Path,
     figures: Callable[..., None],
     dedup: bool,
+    static: bool,
     concurrency: int,
 ) -> None:
+    """The restart is immediate; without static membership (the default config) the new
+    daemon waits for the killed member's session to time out, however long it is."""
     topic = make_topic(partitions=2)
     emit_events(kafka_bootstrap, topic, EVENTS)
     out = tmp_path / "handled.txt"
@@ -107,6 +121,7 @@ def test_kill_9_in_the_middle_then_restart(
             bootstrap=kafka_bootstrap,
             dedup=f'dedup_path = "{tmp_path / "dedup.db"}"' if dedup else "",
             concurrency=concurrency,
+            membership=STATIC.format(group=f"daemon-{topic}") if static else "",
         )
     )
 
@@ -117,7 +132,12 @@ def test_kill_9_in_the_middle_then_restart(
     daemon.communicate()
     before_kill = count(out)
 
-    daemon = start_daemon(config, out)
+    restarted = time.monotonic()
+    logged: list[str] = []
+    daemon = start_daemon(config, out, logged)
+    ready = time.monotonic() - restarted
+    if not static:  # it waited for the killed member's session, and said so
+        assert any("session.timeout.ms" in line for line in logged), "".join(logged)
     try:
         wait_for(
             lambda: len({line.split()[1] for line in lines(out)}) == EVENTS,
@@ -139,6 +159,7 @@ def test_kill_9_in_the_middle_then_restart(
         handler_runs=sum(runs.values()),
         duplicates=duplicates,
         seconds=round(elapsed, 1),
+        restart_to_ready=round(ready, 1),
     )
     if dedup:
         # At most the events in the handler-to-record window at the moment of the kill:
