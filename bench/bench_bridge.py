@@ -105,7 +105,7 @@ def _raw_headers(source: bytes, origin: bytes) -> list[tuple[str, bytes]]:
     ]
 
 
-def bridge_produce(n: int, topic: str) -> float:
+def bridge_produce(n: int, topic: str, **options: Any) -> float:
     bus = EventBus()
     transport = KafkaTransport({"bootstrap.servers": bootstrap()})
     bridge = Bridge(
@@ -113,6 +113,7 @@ def bridge_produce(n: int, topic: str) -> float:
         transport=transport,
         service="bench",
         routes=[Route.outbound("user.*", topic=topic, key="user_id")],
+        **options,
     )
     with bridge:
         emit = bus.emit
@@ -210,7 +211,7 @@ def raw_consume(n: int, topic: str, *, dispatch: bool = False, headers: bool = F
         consumer.close()
 
 
-def bridge_consume(n: int, topic: str, concurrency: int = 1) -> float:
+def bridge_consume(n: int, topic: str, concurrency: int = 1, **options: Any) -> float:
     bus = EventBus()
     seen: list[float] = []  # the time of the first and of the last event
 
@@ -227,6 +228,7 @@ def bridge_consume(n: int, topic: str, concurrency: int = 1) -> float:
         routes=[Route.inbound("user.*", topic=topic)],
         create_topics=False,
         concurrency=concurrency,
+        **options,
     )
     with bridge:
         deadline = time.monotonic() + 120

@@ -7,6 +7,7 @@ wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 
 import typing as _typing
 
+from ._asyncapi import asyncapi_document, dump_asyncapi
 from ._bridge import Bridge
 from ._codec import MsgpackCodec
 from ._config import Config, load_config
@@ -81,7 +82,9 @@ __all__ = [
     "Stats",
     "Transport",
     "TransportError",
+    "asyncapi_document",
     "current_trace",
+    "dump_asyncapi",
     "hosted",
     "load_config",
     "outbox_notify_ddl",

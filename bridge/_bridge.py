@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from eventbus import EventBus
 
@@ -26,6 +26,7 @@ from ._outbound import DeliveryFailureCallback, Outbound
 from ._retry_topics import RetryTopics
 from ._routes import Route
 from ._stats import Stats
+from ._tracing import tracing_for
 from ._transport import Transport
 
 if TYPE_CHECKING:
@@ -67,6 +68,11 @@ class Bridge:
     are possible). ``outbox_max_events`` bounds it: an emit then waits, then raises
     ``QueueFullError``. ``dedup_path``, a SQLite file, keeps the handled event ids across
     restarts (effectively-once handling of redelivered events within ``dedup_window``).
+
+    Tracing (docs/operations.md#traces): with ``opentelemetry-api`` installed (the
+    ``otel`` extra) and a tracer provider configured globally before the bridge is made,
+    or given as ``tracer_provider``, each outbound record gets a PRODUCER span and each
+    inbound record a CONSUMER span around its handlers (``bridge._tracing``).
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class Bridge:
         drain_timeout: float = 30.0,
         batch_size: int = 100,
         concurrency: int = 1,
+        tracer_provider: Any = None,
     ) -> None:
         if not isinstance(service, str) or not service.strip():
             raise ConfigError("service must be a non-empty name")
@@ -148,6 +155,7 @@ class Bridge:
                     f"outbox must be a file path, an Outbox or a SqlOutbox, not {outbox!r}"
                 )
         self._in_routes = tuple(r for r in self.routes if r.is_inbound)
+        self._tracing = tracing_for(tracer_provider, bridge_id=self.id, group=self.group)
         self._outbound = Outbound(
             bus,
             transport=transport,
@@ -159,6 +167,7 @@ class Bridge:
             on_delivery_failure=on_delivery_failure,
             stats=self._stats,
             stats_lock=self._stats_lock,
+            tracing=self._tracing,
         )
         self._inbound: Inbound | None = None
         self._stopping = threading.Event()
@@ -275,6 +284,7 @@ class Bridge:
             stopping=self._stopping,
             loop=self._loop,
             retry_topics=retry_topics,
+            tracing=self._tracing,
         )
         inbound.start()
         if deadline is not None and not inbound.ready.wait(max(0.0, deadline - time.monotonic())):

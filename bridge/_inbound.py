@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from eventbus import EventBus, HandlerFailure, PayloadError, handler_name
 
@@ -42,6 +42,9 @@ from ._retry_topics import Redo, RetryTopics
 from ._routes import Route
 from ._stats import Stats
 from ._transport import Consumer, Record
+
+if TYPE_CHECKING:
+    from ._tracing import Tracing
 
 log = logging.getLogger("bridge")
 
@@ -99,6 +102,7 @@ class Inbound:
         stopping: threading.Event,
         loop: asyncio.AbstractEventLoop | None = None,
         retry_topics: RetryTopics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
@@ -124,6 +128,10 @@ class Inbound:
         self.stopping = stopping
         self.ready = threading.Event()
         self.error: BaseException | None = None
+        self.tracing = tracing
+        if tracing is not None:  # a span around each record, in its thread or task
+            self._process = tracing.processing(self._process)  # type: ignore[method-assign,assignment]
+            self._process_async = tracing.processing_async(self._process_async)  # type: ignore[method-assign,assignment]
         self._scheduler: KeyScheduler | None = None
         if loop is not None or concurrency > 1:
             self._scheduler = KeyScheduler(self, concurrency, loop)
@@ -349,7 +357,7 @@ class Inbound:
                 return NOT_DONE
             delay = min(delay * 2, self.max_backoff)
             attempts += 1
-            self._retried()
+            self._retried(attempts, failures)
             failures = _retry(failures, envelope)
         return self._finish(record, route, envelope, failures, attempts, redo)
 
@@ -381,7 +389,7 @@ class Inbound:
                 pass
             delay = min(delay * 2, self.max_backoff)
             attempts += 1
-            self._retried()
+            self._retried(attempts, failures)
             failures = await _retry_async(failures, envelope)
         return self._finish(record, route, envelope, failures, attempts, redo)
 
@@ -423,9 +431,12 @@ class Inbound:
                     bounded_traceback(failure.exception),
                 )
 
-    def _retried(self) -> None:
+    def _retried(self, attempt: int, failures: list[HandlerFailure]) -> None:
+        """Count (and trace) that ``failures`` are tried again, as attempt ``attempt``."""
         with self._stats_lock:
             self._stats.retried += 1
+        if self.tracing is not None:
+            self.tracing.retrying(attempt, failures)
 
     def count_retry(self, counter: str) -> None:
         """Add one to a delayed-retry counter of ``Stats`` (any thread)."""
@@ -458,6 +469,8 @@ class Inbound:
             if route is None and self.retries is not None:
                 route = self.retries.route_of(record.topic)
         topic = route.dead_letter_topic if route else f"{record.topic}.dlq"
+        if self.tracing is not None:
+            self.tracing.dead_lettered(topic, reason, error, failures, attempts)
         return self.dead_letters.letter(record, topic, reason, error, failures, attempts)
 
 

@@ -1,4 +1,4 @@
-"""``eventbus-bridge`` (also ``python -m bridge``): run, check, tail and emit.
+"""``eventbus-bridge`` (also ``python -m bridge``): run, check, tail, emit and asyncapi.
 
 ``main(argv)`` parses the command line and returns the exit status; it never raises for
 a user's mistake: every failure is one line on stderr, ``eventbus-bridge: error: ...``.
@@ -57,6 +57,7 @@ examples:
   eventbus-bridge tail users -b 127.0.0.1:9092 --from-beginning
   eventbus-bridge emit user.registered user_id=42 email=a@example.com --topic users
   eventbus-bridge dlq ls -c message-service.toml
+  eventbus-bridge asyncapi -c message-service.toml -o message-service.asyncapi.yaml
 
 exit status: 0 ok, 1 failed at run time, 2 bad command line or configuration,
 3 the broker could not be reached in time, 130 interrupted (Ctrl-C). See docs/operations.md.
@@ -167,6 +168,18 @@ is not a terminal). Replay what you need first: purged records are gone.
 examples:
   eventbus-bridge dlq purge orders.dlq -c shipping.toml --until 7d
   eventbus-bridge dlq purge orders.dlq -c shipping.toml --partition 0 --to-offset 41 --yes
+"""
+
+ASYNCAPI_EPILOG = """\
+Imports the [bridge] modules (as run does, to find the @event classes) and prints the
+AsyncAPI 3.0 document of the service: a channel per topic and dead-letter topic, a send
+or receive operation per route direction, a message per signal with its payload schema
+and the CloudEvents headers. Contacts no broker. JSON unless --format yaml or an output
+file ending in .yaml/.yml (YAML needs PyYAML: pip install 'eventbus-bridge[asyncapi]').
+
+examples:
+  eventbus-bridge asyncapi -c message-service.toml
+  eventbus-bridge asyncapi -c user-service.toml -o user-service.asyncapi.yaml --doc-version 1.2.0
 """
 
 
@@ -390,6 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.add_argument("--json", action="store_true", help="machine-readable output")
     purge.set_defaults(command=cmd_dlq_purge)
+
+    asyncapi = command(
+        "asyncapi", "print the AsyncAPI 3.0 document of a service", ASYNCAPI_EPILOG, [common]
+    )
+    asyncapi.add_argument("-c", "--config", required=True, metavar="FILE", help="the TOML file")
+    asyncapi.add_argument(
+        "-o", "--output", metavar="FILE", help="write the document here instead of stdout"
+    )
+    asyncapi.add_argument(
+        "--format",
+        choices=("json", "yaml"),
+        help="default: yaml for an output file ending in .yaml or .yml, else json",
+    )
+    asyncapi.add_argument(
+        "--doc-version", default="0.0.0", metavar="VERSION", help="info.version (default 0.0.0)"
+    )
+    asyncapi.set_defaults(command=cmd_asyncapi)
     return parser
 
 
@@ -454,6 +484,33 @@ def cmd_check(args: argparse.Namespace) -> int:
             EXIT_FAILED,
         )
     print("ok", file=out)
+    return EXIT_OK
+
+
+# -- asyncapi -----------------------------------------------------------------------------
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    """``asyncapi``: see ASYNCAPI_EPILOG."""
+    from pathlib import Path
+
+    from ._asyncapi import asyncapi_document, dump_asyncapi
+
+    configure_logging(args.log_level or "ERROR")
+    config = load_config(args.config, overrides=args.overrides)
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lower() if args.output else ""
+        fmt = "yaml" if suffix in (".yaml", ".yml") else "json"
+    text = dump_asyncapi(asyncapi_document(config, version=args.doc_version), fmt)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        return _fail(f"cannot write {args.output}: {exc.strerror or exc}", EXIT_FAILED)
+    print(f"wrote the AsyncAPI document of {config.service} to {args.output}", file=sys.stderr)
     return EXIT_OK
 
 

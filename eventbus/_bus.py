@@ -164,6 +164,11 @@ class EventBus:
         schema = self._schemas.get(name)
         return schema.cls if schema is not None else None
 
+    def typed_events(self) -> dict[str, type[Any]]:
+        """Return the typed event classes registered on this bus, by signal name."""
+        with self._lock:
+            return {name: schema.cls for name, schema in self._schemas.items()}
+
     def validate(self, name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Return ``payload`` checked against the typed event of ``name`` (if any).
 
