@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test demo bench lint typing docs clean kafka-start kafka-stop
+.PHONY: test demo bench lint typing docs clean kafka-start kafka-stop postgres-start postgres-stop
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,docs,metrics,bench,cli]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,docs,metrics,bench,cli,sql]'
 	touch $@
 
 ## everything: unit, broker (a real Kafka started here), lint, typing, docs
@@ -37,6 +37,12 @@ kafka-start:
 
 kafka-stop:
 	scripts/kafka stop
+
+postgres-start:
+	scripts/postgres start
+
+postgres-stop:
+	scripts/postgres stop
 
 clean:
 	rm -rf $(VENV) .cache/site .mypy_cache .ruff_cache .pytest_cache

@@ -5,6 +5,8 @@ through confluent-kafka, ``MemoryTransport`` is an in-process broker for tests. 
 wire format (msgpack value, CloudEvents headers) is in docs/wire-format.md.
 """
 
+import typing as _typing
+
 from ._asyncapi import asyncapi_document, dump_asyncapi
 from ._bridge import Bridge
 from ._codec import MsgpackCodec
@@ -31,6 +33,29 @@ from ._routes import Route
 from ._stats import RouteRetries, Stats
 from ._transport import Consumer, Producer, Record, Transport
 
+if _typing.TYPE_CHECKING:
+    from ._sql_outbox import SqlOutbox, outbox_notify_ddl, outbox_table
+
+# These need SQLAlchemy (the [sql] extra): imported on first use, not with the package.
+_SQL = ("SqlOutbox", "outbox_notify_ddl", "outbox_table")
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _SQL:
+        try:
+            from . import _sql_outbox
+        except ImportError as exc:
+            raise ImportError(
+                f"bridge.{name} needs SQLAlchemy 2: pip install 'eventbus-bridge[sql]' ({exc})"
+            ) from exc
+        return getattr(_sql_outbox, name)
+    raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SQL})
+
+
 __all__ = [
     "Bridge",
     "BridgeError",
@@ -53,6 +78,7 @@ __all__ = [
     "Remote",
     "Route",
     "RouteRetries",
+    "SqlOutbox",
     "SqliteDedup",
     "Stats",
     "Transport",
@@ -62,5 +88,7 @@ __all__ = [
     "dump_asyncapi",
     "hosted",
     "load_config",
+    "outbox_notify_ddl",
+    "outbox_table",
     "trace_context",
 ]

@@ -31,7 +31,7 @@ from ._tracing import tracing_for
 from ._transport import Transport
 
 if TYPE_CHECKING:
-    from ._outbox import Outbox
+    from ._outbox_base import BaseOutbox
 
 log = logging.getLogger("bridge")
 
@@ -62,7 +62,8 @@ class Bridge:
     route names are skipped (``unrouted="skip"``) or dead-lettered (``"dlq"``).
 
     Reliability options (docs/reliability.md): ``outbox``, the path of a SQLite file (or
-    an ``Outbox``), makes outbound durable: an emit returns once the event is stored
+    an ``Outbox``, or a ``SqlOutbox``: events written in the application's own database
+    transaction), makes outbound durable: an emit returns once the event is stored
     there, a relay thread produces it and deletes it once delivered, so events survive a
     broker outage and a crash of the process (sent again on the next start; duplicates
     are possible). ``outbox_max_events`` bounds it: an emit then waits, then raises
@@ -91,7 +92,7 @@ class Bridge:
         dedup_size: int = 100_000,
         unrouted: Literal["skip", "dlq"] = "skip",
         on_delivery_failure: DeliveryFailureCallback | None = None,
-        outbox: str | Outbox | None = None,
+        outbox: str | BaseOutbox | None = None,
         outbox_max_events: int = 1_000_000,
         dedup_path: str | None = None,
         create_topics: bool = True,
@@ -141,16 +142,19 @@ class Bridge:
             from ._dedup import SqliteDedup  # sqlite3 only when asked for
 
             self._dedup = SqliteDedup(dedup_path, dedup_window, dedup_size)
-        self._outbox: Outbox | None = None
+        self._outbox: BaseOutbox | None = None
         if outbox is not None:
             from ._outbox import Outbox
+            from ._outbox_base import BaseOutbox
 
             if isinstance(outbox, str) and outbox:
                 self._outbox = Outbox(outbox, max_events=outbox_max_events)
-            elif isinstance(outbox, Outbox):
+            elif isinstance(outbox, BaseOutbox):
                 self._outbox = outbox
             else:
-                raise ConfigError(f"outbox must be a file path or an Outbox, not {outbox!r}")
+                raise ConfigError(
+                    f"outbox must be a file path, an Outbox or a SqlOutbox, not {outbox!r}"
+                )
         self._in_routes = tuple(r for r in self.routes if r.is_inbound)
         self._tracing = tracing_for(tracer_provider, bridge_id=self.id, group=self.group)
         Readers(self._in_routes, self.codec, bus.schema)  # bad format mixes fail here, not at start

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Final, NoReturn
@@ -553,3 +553,14 @@ class MsgpackCodec:
                 children = [(item, (*path, index), depth + 1) for index, item in enumerate(value)]
             stack.extend(reversed(children))
         raise DecodeError("payload: invalid")  # not reached: _check_decoded found a problem
+
+
+def headers_to_msgpack(headers: Sequence[tuple[str, bytes]]) -> bytes:
+    """Record headers as a msgpack array of ``[name, value]`` pairs (how the SQL outbox
+    stores them: read back in C, several times faster than a Python loop)."""
+    return msgpack.packb(list(headers), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def headers_from_msgpack(blob: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The pairs ``headers_to_msgpack`` packed (only ever our own rows: not untrusted input)."""
+    return msgpack.unpackb(blob, use_list=False, raw=False)  # type: ignore[no-any-return]

@@ -26,7 +26,7 @@ from ._throttle import LogThrottle
 from ._transport import Producer, Record, Transport
 
 if TYPE_CHECKING:
-    from ._outbox import Outbox
+    from ._outbox_base import BaseOutbox
     from ._tracing import Tracing
 
 log = logging.getLogger("bridge")
@@ -46,7 +46,7 @@ class Outbound:
         bridge_id: str,
         routes: Sequence[Route],
         codec: MsgpackCodec,
-        outbox: Outbox | None,
+        outbox: BaseOutbox | None,
         on_delivery_failure: DeliveryFailureCallback | None,
         stats: Stats,
         stats_lock: threading.Lock,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 import threading
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from functools import partial
 from typing import Literal
 
 from ._errors import BridgeError, ConfigError, QueueFullError, TransportError
+from ._outbox_base import BaseOutbox, pack_headers, unpack_headers
 from ._transport import DeliveryCallback, Producer, Record
 
 log = logging.getLogger("bridge.outbox")
@@ -35,7 +35,10 @@ __all__ = ["Outbox"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,  -- max + 1: storage order (reused only once the table empties)
+    -- AUTOINCREMENT: ids never go back, not even after the newest rows were deleted. With
+    -- max + 1 a commit landing after the relay deleted the tail reused ids at or below
+    -- the relay's cursor, and rows after them (above it) were sent first: out of order.
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     key BLOB,
     value BLOB NOT NULL,
@@ -43,34 +46,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 )
 """
 _INSERT = "INSERT INTO outbox (topic, key, value, headers) VALUES (?, ?, ?, ?)"
-_U32 = struct.Struct(">I")
 _DELETE_BATCH = 2000  # delete delivered rows once this many are delivered,
 _DELETE_INTERVAL = 0.05  # or this many seconds after the last delete
 _SMALL_BATCH = 64  # after producing fewer rows than this, the relay waits
 _LINGER = 0.002  # this many seconds for more to collect
 _Row = tuple[str, bytes | None, bytes, bytes]
-
-
-def _pack_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
-    """Length-prefixed ``name, value`` pairs (names UTF-8), so any bytes round-trip."""
-    parts: list[bytes] = []
-    for name, value in headers:
-        raw = name.encode()
-        parts += (_U32.pack(len(raw)), raw, _U32.pack(len(value)), bytes(value))
-    return b"".join(parts)
-
-
-def _unpack_headers(blob: bytes) -> list[tuple[str, bytes]]:
-    headers: list[tuple[str, bytes]] = []
-    pos = 0
-    while pos < len(blob):
-        (n,) = _U32.unpack_from(blob, pos)
-        name = blob[pos + 4 : pos + 4 + n].decode()
-        pos += 4 + n
-        (n,) = _U32.unpack_from(blob, pos)
-        headers.append((name, blob[pos + 4 : pos + 4 + n]))
-        pos += 4 + n
-    return headers
 
 
 class _Batch:
@@ -84,7 +64,7 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class Outbox:
+class Outbox(BaseOutbox):
     """A SQLite-backed queue of outbound records with a relay thread that produces them.
 
     ``path``: the database file (created if missing). ``max_events``: the most
@@ -173,7 +153,7 @@ class Outbox:
         ``full_timeout`` seconds, then raises ``QueueFullError``. Raises ``BridgeError``
         if the database cannot be written (disk full) and after ``stop``.
         """
-        row: _Row = (topic, key, bytes(value), _pack_headers(headers))
+        row: _Row = (topic, key, bytes(value), pack_headers(headers))
         with self._cond:
             self._wait_for_room()
             batch = self._batch
@@ -408,7 +388,7 @@ class _Relay:
         for row_id, topic, key, value, headers in rows:
             try:
                 self.producer.produce(
-                    topic, value, key, _unpack_headers(headers), partial(self._report, row_id)
+                    topic, value, key, unpack_headers(headers), partial(self._report, row_id)
                 )
             except TransportError as exc:  # queue full or producer closed: try again later
                 log.warning("outbox %s: cannot produce record %d: %s", box.path, row_id, exc)
@@ -417,7 +397,8 @@ class _Relay:
             self.cursor = row_id
             self.in_flight += 1
         if not rows and self.in_flight == 0:
-            # Everything produced was delivered and deleted. If the table emptied, new
-            # rows restart at id 1 (below the cursor): start over from the beginning.
+            # Everything produced was delivered and deleted. A file made before ids were
+            # AUTOINCREMENT reuses ids once the table empties: start over from the
+            # beginning (a no-op cost for newer files).
             self.cursor = 0
         return len(rows)

@@ -1,9 +1,10 @@
-"""Shared fixtures for tests that need a real Kafka broker.
+"""Shared fixtures for tests that need a real Kafka broker or a real PostgreSQL server.
 
 Tests that are marked ``kafka`` or use one of the fixtures below SKIP when ``KAFKA_BOOTSTRAP``
 is unset, and FAIL instead when ``REQUIRE_KAFKA=1`` (as CI sets it), so a missing broker can
 never turn into a silently green run. Start a broker with ``scripts/kafka start``; see
-docs/development.md.
+docs/development.md. Tests marked ``postgres`` or using ``postgres_url`` do the same with
+``POSTGRES_URL`` and ``REQUIRE_POSTGRES=1`` (``scripts/postgres start``).
 """
 
 from __future__ import annotations
@@ -25,21 +26,34 @@ settings.load_profile("project")
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_FIXTURES = {"kafka_bootstrap", "kafka_admin", "kafka_topic", "make_topic", "kafka_libs"}
+POSTGRES_FIXTURES = {"postgres_url"}
 
 # Node ids of the tests that need the broker, and those of them that were skipped anyway.
 _kafka_tests: set[str] = set()
 _kafka_skipped: set[str] = set()
+# The same for the tests that need PostgreSQL.
+_postgres_tests: set[str] = set()
+_postgres_skipped: set[str] = set()
 
 
 def _require_kafka() -> bool:
     return os.environ.get("REQUIRE_KAFKA") == "1"
 
 
-def _missing(what: str) -> None:
-    """Skip the current test, or fail it under REQUIRE_KAFKA=1."""
-    if _require_kafka():
-        pytest.fail(f"REQUIRE_KAFKA=1 but {what}", pytrace=False)
+def _require_postgres() -> bool:
+    return os.environ.get("REQUIRE_POSTGRES") == "1"
+
+
+def _missing(what: str, required: str = "REQUIRE_KAFKA") -> None:
+    """Skip the current test, or fail it when ``required`` (REQUIRE_KAFKA/_POSTGRES) is 1."""
+    if os.environ.get(required) == "1":
+        pytest.fail(f"{required}=1 but {what}", pytrace=False)
     pytest.skip(what)
+
+
+def _needs_postgres(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    return item.get_closest_marker("postgres") is not None or bool(names & POSTGRES_FIXTURES)
 
 
 def _needs_kafka(item: pytest.Item) -> bool:
@@ -50,6 +64,7 @@ def _needs_kafka(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     _kafka_tests.update(item.nodeid for item in items if _needs_kafka(item))
+    _postgres_tests.update(item.nodeid for item in items if _needs_postgres(item))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -58,26 +73,36 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             "no Kafka broker: KAFKA_BOOTSTRAP is unset "
             "(export KAFKA_BOOTSTRAP=$(scripts/kafka start))"
         )
+    if item.nodeid in _postgres_tests and not os.environ.get("POSTGRES_URL"):
+        _missing(
+            "no PostgreSQL: POSTGRES_URL is unset (export POSTGRES_URL=$(scripts/postgres start))",
+            "REQUIRE_POSTGRES",
+        )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and report.nodeid in _kafka_tests and not hasattr(report, "wasxfail"):
         _kafka_skipped.add(report.nodeid)
+    if report.skipped and report.nodeid in _postgres_tests and not hasattr(report, "wasxfail"):
+        _postgres_skipped.add(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Belt and braces: a Kafka test that skipped itself some other way (importorskip, a
     # missing jar, ...) must not pass unnoticed when the broker is required.
-    if _require_kafka() and _kafka_skipped:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("")  # the progress line may still be open
-            reporter.write_line(
-                f"REQUIRE_KAFKA=1 but {len(_kafka_skipped)} Kafka test(s) were skipped: "
-                + ", ".join(sorted(_kafka_skipped)),
-                red=True,
-            )
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    for required, what, skipped in (
+        (_require_kafka(), "REQUIRE_KAFKA=1 but {} Kafka test(s)", _kafka_skipped),
+        (_require_postgres(), "REQUIRE_POSTGRES=1 but {} PostgreSQL test(s)", _postgres_skipped),
+    ):
+        if required and skipped:
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line("")  # the progress line may still be open
+                reporter.write_line(
+                    what.format(len(skipped)) + " were skipped: " + ", ".join(sorted(skipped)),
+                    red=True,
+                )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -180,3 +205,21 @@ def console_consumer(bootstrap: str, topic: str, libs: Path, *properties: str) -
     for prop in properties:
         cmd += ["--formatter-property", prop]
     return cmd
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's SQLAlchemy URL (psycopg 3 driver), from POSTGRES_URL."""
+    url = os.environ.get("POSTGRES_URL", "")
+    if not url:  # normally caught by pytest_runtest_setup already
+        _missing("no PostgreSQL: POSTGRES_URL is unset", "REQUIRE_POSTGRES")
+    pytest.importorskip("sqlalchemy", reason="the [sql] extra is not installed")
+    return sqlalchemy_url(url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://...`` as scripts/postgres prints it, with psycopg 3 as the driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -46,3 +46,9 @@ def test_bridge_all_matches_public_members() -> None:
     modules = {"cli"}  # the console script's module, imported by attribute access
     assert set(bridge.__all__) == public - modules
     assert bridge.__all__ == sorted(bridge.__all__)
+
+
+def test_import_bridge_loads_no_sqlalchemy() -> None:
+    code = "import sys, bridge; sys.exit(1 if 'sqlalchemy' in sys.modules else 0)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, "import bridge loaded sqlalchemy (the [sql] extra is optional)"

@@ -44,12 +44,13 @@ def figures(request: pytest.FixtureRequest) -> Iterator[Callable[..., None]]:
             fh.write(json.dumps(found) + "\n")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def private_broker(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PrivateBroker]:
-    """A broker of this module's own, which a test may freeze (``kafka_bootstrap`` only
-    makes it a broker test: it needs the same jars and fails the same way without)."""
+    """A broker of the fault suite's own, which a test may freeze and must thaw
+    (``kafka_bootstrap`` only makes it a broker test: it needs the same jars and fails the
+    same way without). One per session: starting one takes ~30 s on 2 cores."""
     broker = PrivateBroker(tmp_path_factory.mktemp("private-broker"))
     broker.start()
     yield broker
