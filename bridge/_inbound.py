@@ -41,7 +41,7 @@ from eventbus import (
 from ._codec import MsgpackCodec
 from ._dead_letters import DeadLetter, DeadLetters, bounded_traceback, where
 from ._dedup import DedupStore
-from ._envelope import Envelope, trace_context
+from ._envelope import MSGPACK, Envelope, trace_context
 from ._errors import DecodeError
 from ._formats import Readers
 from ._remote import Remote
@@ -119,6 +119,7 @@ class Inbound:
         self.routes = tuple(r for r in routes if r.is_inbound)
         self.codec = codec
         self.readers = Readers(self.routes, codec, bus.schema)
+        self._msgpack = codec.decode
         self.dedup = dedup
         self.dead_letters = dead_letters
         self._stats = stats
@@ -262,7 +263,7 @@ class Inbound:
         when there is none to run (an echo, unrouted, a duplicate, a dead letter)."""
         try:
             envelope, payload = self.readers.read(record)  # decoded already, or None
-            event_id, source, name, at, origin, _, _, _, extensions = envelope
+            event_id, source, name, at, origin, _, _, content, extensions = envelope
             if origin == self.bridge_id:
                 return ECHO
         except DecodeError as exc:
@@ -286,8 +287,12 @@ class Inbound:
                 return self._dead_letter(record, None, reason, "unrouted", (), 0)
             return UNROUTED
         if payload is None:  # routed before decoded: unrouted records are never decoded
+            value = record.value
             try:
-                payload = self.readers.decode(record, envelope)
+                if content is MSGPACK and value is not None:
+                    payload = self._msgpack(value)  # binary mode, msgpack: the common case
+                else:
+                    payload = self.readers.decode(record, envelope)
             except DecodeError as exc:
                 reason = f"undecodable record: {exc}"
                 return self._dead_letter(record, route, reason, "decode", (), 0)
