@@ -444,8 +444,12 @@ class Inbound:
     ) -> Outcome:
         if not failures:
             self.dedup.add(envelope.id if redo is None else redo.key)
-            if redo is not None and redo.retry is not None:
-                self.count_retry("retries_handled", route)
+            if redo is not None:
+                if redo.retry is not None:
+                    self.count_retry("retries_handled", route)
+                else:
+                    with self._stats_lock:
+                        self._stats.replays_handled += 1
             return HANDLED
         first = failures[0]
         reason = f"handler failed after {attempts} attempt(s): {first.exception!r}"

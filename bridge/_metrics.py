@@ -38,6 +38,11 @@ COUNTERS = (
         "dead_lettered",
         "Records sent to a dead-letter topic (failed handlers, undecodable, unrouted).",
     ),
+    (
+        "eventbus_bridge_replays_handled",
+        "replays_handled",
+        "Replayed dead letters whose failed handlers all succeeded this time.",
+    ),
     ("eventbus_bridge_duplicates", "duplicates", "Inbound events dropped as duplicates."),
     ("eventbus_bridge_echoes", "echoes", "Inbound records skipped as this bridge's own."),
     ("eventbus_bridge_unrouted", "unrouted", "Inbound records of a type no route names."),

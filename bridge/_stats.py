@@ -42,6 +42,9 @@ class Stats:
     retries_by_route: dict[str, RouteRetries] = field(default_factory=dict)
     """The three counters above per inbound route with ``retry_delays``, by its topic
     (one entry per such topic from the start; their sums are the totals)."""
+    replays_handled: int = 0
+    """Replayed records (``eventbus-bridge dlq replay`` to the topic) whose failed
+    handlers all succeeded this time."""
     duplicates: int = 0
     echoes: int = 0
     unrouted: int = 0

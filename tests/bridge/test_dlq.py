@@ -166,6 +166,7 @@ def test_replay_to_the_topic_reruns_only_the_failed_handler_of_that_service(
         # billing's bridge skips them: its handlers saw the originals
         wait_for(lambda: billing.stats.duplicates == 2, 30, "billing skipping the reruns")
         assert shipping.stats.handled == 2
+        assert shipping.stats.replays_handled == 2 and billing.stats.replays_handled == 0
     assert svc.steady_calls == [] and billing_calls == []
 
 
