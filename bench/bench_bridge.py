@@ -391,6 +391,14 @@ def bench_memory(n: int) -> dict[str, Any]:
     }
 
 
+def report(results: list[dict[str, Any]], path: Path | None) -> None:
+    """Print one JSON line per result (floats rounded); also write them all to ``path``."""
+    for r in results:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
+    if path:
+        path.write_text(json.dumps(results, indent=2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -410,10 +418,7 @@ def main() -> int:
         results.append(bench_latency(1000, 10))
     if args.which in ("memory", "all"):
         results.append(bench_memory(args.memory_events))
-    for r in results:
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
     return 0
 
 

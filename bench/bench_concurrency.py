@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_bridge import bootstrap
+from bench_bridge import bootstrap, report
 
 from bridge import Bridge, KafkaTransport, Route
 from eventbus import EventBus
@@ -173,12 +172,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     if args.lag:
-        result = bench_lag(args.lag, args.keys)
-        print(
-            json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
-        )
-        if args.json:
-            args.json.write_text(json.dumps([result], indent=2))
+        report([bench_lag(args.lag, args.keys)], args.json)
         return 0
     topic = f"bench-io-{uuid.uuid4().hex[:8]}"
     KafkaTransport({"bootstrap.servers": bootstrap()}).ensure_topics([topic], 1)
@@ -199,10 +193,7 @@ def main() -> int:
                 "target": 12,
             }
         )
-    for r in results:
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
     return 0
 
 
