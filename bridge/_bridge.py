@@ -121,7 +121,8 @@ class Bridge:
         self.transport = transport
         self.service = service
         self.group = group or service
-        self.codec = codec or MsgpackCodec()
+        # One limit: a value may be as large as a record the producer sends (and no more).
+        self.codec = codec or MsgpackCodec(max_size=transport.max_record_size)
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -195,8 +196,15 @@ class Bridge:
 
     @property
     def healthy(self) -> bool:
-        """True while started and ready, and neither the consumer nor the outbox relay died."""
-        return self._state == "running" and self.ready and not self.failed
+        """True while started and ready, neither the consumer nor the outbox relay died,
+        and the outbox relay is not retrying a storage error (disk full)."""
+        outbox = self._outbox
+        return (
+            self._state == "running"
+            and self.ready
+            and not self.failed
+            and (outbox is None or outbox.problem is None)
+        )
 
     @property
     def ready(self) -> bool:

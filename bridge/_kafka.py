@@ -32,6 +32,7 @@ from confluent_kafka.cimpl import NewTopic
 from ._errors import ConfigError, QueueFullError, TransportError
 from ._throttle import LogThrottle
 from ._transport import (
+    MESSAGE_MAX_BYTES,
     Consumer,
     DeliveryCallback,
     FailureCallback,
@@ -172,10 +173,33 @@ def where(record: Record) -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
 
 
+# Refusals of one record that no retry changes: the broker (or the client) will refuse it
+# again. ``KafkaError.retriable()`` cannot tell: a delivery report's error is made from
+# its code alone, and says False for every code.
+_REFUSED = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,  # over message.max.bytes (client) / max.message.bytes
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.TOPIC_EXCEPTION,  # an invalid topic name
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    }
+)
+
+
+def _error(err: KafkaError, message: str) -> TransportError:
+    """A ``TransportError`` for ``err``, ``permanent`` for a refusal no retry changes."""
+    return TransportError(
+        message, retriable=err.retriable(), permanent=err.code() in _REFUSED and not err.fatal()
+    )
+
+
 def _translate(exc: KafkaException, what: str) -> TransportError:
     err = exc.args[0] if exc.args else None
     if isinstance(err, KafkaError):
-        return TransportError(f"{what}: {err.str()}", retriable=err.retriable())
+        return _error(err, f"{what}: {err.str()}")
     return TransportError(f"{what}: {exc}")
 
 
@@ -221,7 +245,7 @@ def _delivered(
     if err is None:
         callback(None, record)
     else:
-        callback(TransportError(str(err), retriable=err.retriable()), record)
+        callback(_error(err, str(err)), record)
 
 
 def _failed(callback: FailureCallback, err: KafkaError | None, msg: Any) -> None:
@@ -234,7 +258,7 @@ def _failed(callback: FailureCallback, err: KafkaError | None, msg: Any) -> None
     record = _new_record(
         Record, (msg.topic(), msg.partition(), -1, msg.key(), msg.value(), (), None)
     )
-    callback(TransportError(str(err), retriable=err.retriable()), record)
+    callback(_error(err, str(err)), record)
 
 
 class _KafkaProducer(Producer):
@@ -620,6 +644,14 @@ class KafkaTransport(Transport):
     def bootstrap(self) -> str:
         """The configured ``bootstrap.servers``."""
         return str(self.config.get("bootstrap.servers", "<bootstrap.servers unset>"))
+
+    @property
+    def max_record_size(self) -> int:
+        """``message.max.bytes`` of the producer config (librdkafka's default if unset)."""
+        try:
+            return int(self.producer_config().get("message.max.bytes", MESSAGE_MAX_BYTES))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"message.max.bytes must be a number of bytes: {exc}") from exc
 
     def producer_config(self) -> dict[str, Any]:
         """The config a new producer gets: ours defaults, the user's keys, no consumer keys."""

@@ -23,13 +23,17 @@ from ._remote import Remote
 from ._routes import Route
 from ._stats import Stats
 from ._throttle import LogThrottle
-from ._transport import Producer, Record, Transport
+from ._transport import RECORD_FRAMING, Headers, Producer, Record, Transport, record_size
 
 if TYPE_CHECKING:
     from ._outbox_base import BaseOutbox
     from ._tracing import Tracing
 
 log = logging.getLogger("bridge")
+
+_HEADROOM = 16_384
+"""An emit whose value and key are this far below the record limit needs no exact count:
+its headers are the bridge's own (CloudEvents attributes, trace context), far smaller."""
 
 DeliveryFailureCallback = Callable[[DeliveryError], object]
 
@@ -60,6 +64,8 @@ class Outbound:
         self.routes = tuple(r for r in routes if r.is_outbound)
         self.codec = codec
         self.outbox = outbox
+        self.max_record_size = transport.max_record_size
+        self._check_above = self.max_record_size - _HEADROOM
         self.on_delivery_failure = on_delivery_failure
         self._stats = stats
         self._stats_lock = stats_lock
@@ -166,6 +172,8 @@ class Outbound:
                         f"{name}: the route to topic {route.topic!r} needs payload field "
                         f"{route.key!r} as its partition key"
                     ) from None
+            if len(value) + (len(key) if key else 0) > self._check_above:
+                self._check_size(name, route.topic, value, key, headers)
             if self.tracing is not None:
                 with self.tracing.sending(route.topic, key, value, headers) as traced:
                     self._queue(producer, route.topic, value, key, traced)
@@ -176,6 +184,21 @@ class Outbound:
                 producer.produce(route.topic, value, key, headers)
                 with self._stats_lock:  # counted once queued (see update_stats)
                     self._sent += 1
+
+    def _check_size(
+        self, name: str, topic: str, value: bytes, key: bytes | None, headers: Headers
+    ) -> None:
+        """Raise ``EncodeError`` for a record over the producer's limit: refused at the
+        emit, before it is queued or stored, never accepted and then refused."""
+        size = record_size(value, key, headers)
+        if size > self.max_record_size:
+            raise EncodeError(
+                f"{name}: the record for topic {topic!r} is {size} bytes (value {len(value)}, "
+                f"key and headers {size - len(value) - RECORD_FRAMING}, framing "
+                f"{RECORD_FRAMING}), over the producer's limit of {self.max_record_size} "
+                'bytes: raise "message.max.bytes" in the Kafka settings (and the topic\'s '
+                "max.message.bytes on the broker), or send a smaller payload"
+            )
 
     def _queue(
         self,
@@ -220,6 +243,7 @@ class Outbound:
                 stats.delivered += 1
             else:
                 stats.delivery_failed += 1
+                stats.refused += getattr(error, "permanent", False)
         if error is not None:
             self._report_failure(error, record)
 
@@ -227,6 +251,7 @@ class Outbound:
         """The report of a record the failures-only producer could not deliver."""
         with self._stats_lock:
             self._stats.delivery_failed += 1
+            self._stats.refused += getattr(error, "permanent", False)
         self._report_failure(error, record)
 
     def _report_failure(self, error: Exception, record: Record) -> None:
