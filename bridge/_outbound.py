@@ -161,7 +161,10 @@ class Outbound:
         for route in routes:
             writer = writer_of(route)
             if writer is not last:  # routes of one format share the record
-                value, headers = writer.write(name, payload)
+                try:
+                    value, headers = writer.write(name, payload)
+                except EncodeError as exc:
+                    raise self._encode_error(name, route.topic, exc) from exc
                 last = writer
             key = None
             if route.key is not None:
@@ -184,6 +187,18 @@ class Outbound:
                 producer.produce(route.topic, value, key, headers)
                 with self._stats_lock:  # counted once queued (see update_stats)
                     self._sent += 1
+
+    def _encode_error(self, name: str, topic: str, exc: EncodeError) -> EncodeError:
+        """``exc`` with the event and topic named (and, for a payload over the codec's
+        limit, where that limit comes from)."""
+        message = f"{name} for topic {topic!r}: {exc}"
+        if "max_size" in str(exc) and self.codec.max_size == self.max_record_size:
+            message += (
+                f" (the producer's limit, message.max.bytes={self.max_record_size}: raise "
+                '"message.max.bytes" in the Kafka settings, and the topic\'s '
+                "max.message.bytes on the broker, or send a smaller payload)"
+            )
+        return EncodeError(message)
 
     def _check_size(
         self, name: str, topic: str, value: bytes, key: bytes | None, headers: Headers

@@ -313,6 +313,8 @@ class _Relay:
         self.backoff = outbox.retry_backoff
         self.delivered: list[int] = []
         self.refused: list[tuple[int, str]] = []  # (row id, reason) to park
+        self.send_alone = False  # after a refusal: produce the next row alone
+        self.alone: int | None = None  # the row produced alone, until its report
         self.deleted_at = time.monotonic()
         self.storage_backoff = outbox.retry_backoff
 
@@ -369,7 +371,7 @@ class _Relay:
             if self.in_flight == 0:
                 self._rewind()
                 progressed = True
-        elif self.in_flight < box.max_in_flight:
+        elif self.in_flight < box.max_in_flight and self.alone is None:
             produced = self._produce_more()
         if 0 < produced < _SMALL_BATCH and not stopping:
             box._stopping.wait(_LINGER)  # let appends collect: fewer, larger batches
@@ -395,13 +397,21 @@ class _Relay:
             error, record, row_id = reports.popleft()
             served += 1
             self.in_flight -= 1
+            alone = row_id == self.alone
+            if alone:
+                self.alone = None
             if error is None:
                 self.delivered.append(row_id)
                 self.backoff = self.outbox.retry_backoff
                 self._tell(None, record)
-            elif getattr(error, "permanent", False):
+            elif getattr(error, "permanent", False) and alone:
                 self._refuse(row_id, error, record)
             else:
+                if getattr(error, "permanent", False):
+                    # A refusal of a batch refuses every record in it (librdkafka does not
+                    # split a batch the broker found too large): resend the first failed
+                    # row alone, and refuse it for good only if it fails alone too.
+                    self.send_alone = True
                 self.outbox.retries += 1
                 if self.failed_at is None:
                     log.warning(
@@ -477,7 +487,7 @@ class _Relay:
     def _produce_more(self) -> int:
         """Produce the next stored rows; return how many."""
         box = self.outbox
-        limit = min(box.max_in_flight - self.in_flight, 1000)
+        limit = 1 if self.send_alone else min(box.max_in_flight - self.in_flight, 1000)
         with box._db_lock:
             rows = box._db.execute(
                 "SELECT id, topic, key, value, headers FROM outbox WHERE id > ? ORDER BY id "
@@ -501,6 +511,9 @@ class _Relay:
                 return 0
             self.cursor = row_id
             self.in_flight += 1
+            if self.send_alone:
+                self.send_alone = False
+                self.alone = row_id
         if not rows and self.in_flight == 0:
             # Everything produced was delivered and deleted. A file made before ids were
             # AUTOINCREMENT reuses ids once the table empties: start over from the
