@@ -336,8 +336,11 @@ class Bridge:
     def stop(self) -> None:
         """Stop mirroring; let the running handler finish; commit; flush; close.
 
-        Idempotent. Events emitted after ``stop`` are local only. Records still
-        undelivered after ``drain_timeout`` are reported as delivery failures.
+        Idempotent. Events emitted after ``stop`` began are local only; an emit racing
+        it raises ``BridgeError`` ("bridge ... is stopping"), so every emit that returned
+        is delivered or reported. Returns within about ``drain_timeout`` (the whole
+        drain's budget); records still undelivered then are reported as delivery
+        failures.
         """
         loop = self._loop
         if loop is not None and loop.is_running() and _running_loop() is loop:
@@ -357,6 +360,8 @@ class Bridge:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # One budget for the whole drain: stop returns within about drain_timeout.
+        deadline = time.monotonic() + self.drain_timeout
         self._outbound.detach()
         self._stopping.set()
         inbound = self._inbound
@@ -367,8 +372,8 @@ class Bridge:
             except TransportError as exc:
                 log.error("bridge %s: closing the consumer failed: %s", self.service, exc)
         if self._dead_letters is not None:
-            self._dead_letters.close(self.drain_timeout)
-        self._outbound.close(self.drain_timeout)
+            self._dead_letters.close(max(0.0, deadline - time.monotonic()))
+        self._outbound.close(max(0.0, deadline - time.monotonic()))
         self._dedup.close()
         self._state = "stopped"
         log.info("bridge %s stopped", self.service)

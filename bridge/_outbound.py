@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventbus import Event, EventBus, compile_pattern
 
 from ._codec import MsgpackCodec
-from ._errors import DeliveryError, EncodeError
+from ._errors import BridgeError, DeliveryError, EncodeError
 from ._formats import Writers
 from ._remote import Remote
 from ._routes import Route
@@ -78,6 +79,7 @@ class Outbound:
         self.producer: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._closing = False  # set by detach: an emit racing it raises, never half-sent
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -104,18 +106,26 @@ class Outbound:
             self._handlers.append(handler)
 
     def detach(self) -> None:
-        """Unsubscribe from the bus: events emitted from now on stay local."""
+        """Unsubscribe from the bus: events emitted from now on stay local; one racing
+        this (its handler already called) raises ``BridgeError``: not sent."""
+        self._closing = True
         for handler in self._handlers:
             self.bus.off(handler)
         self._handlers.clear()
 
     def close(self, drain_timeout: float) -> None:
-        """Stop the outbox relay, flush what is queued (up to ``drain_timeout``), close."""
+        """Stop the outbox relay, flush what is queued, close: within ``drain_timeout``
+        (and the moments the client takes to fail what is still queued then)."""
+        deadline = time.monotonic() + drain_timeout
         if self.outbox is not None:
             self.outbox.stop(drain_timeout)
         producer = self.producer
         if producer is not None:
-            left = producer.flush(drain_timeout)
+            # In slices: one long flush overruns its timeout by seconds while emitting
+            # threads hold the GIL, and records racing the stop may still arrive.
+            left = producer.flush(0)
+            while left and (now := time.monotonic()) < deadline:
+                left = producer.flush(min(0.05, deadline - now))
             if left:
                 log.error("bridge %s: %d record(s) not delivered at stop", self.service, left)
         self._stopping.set()
@@ -123,6 +133,9 @@ class Outbound:
             self._poller.join()
         if producer is not None:
             producer.close(0)  # flush above already waited drain_timeout
+            if producer.abandoned:  # failed at close, counted, not reported one by one
+                with self._stats_lock:
+                    self._stats.delivery_failed += producer.abandoned
         self._failure_log.flush()
 
     # -- publishing -----------------------------------------------------------------
@@ -154,6 +167,11 @@ class Outbound:
         producer = self.producer
         if producer is None:
             raise RuntimeError("bridge is not started")
+        if self._closing:
+            raise BridgeError(
+                f"bridge {self.service} is stopping: event {name!r} was not sent "
+                f"(to {', '.join(repr(r.topic) for r in routes)})"
+            )
         writer_of = self._writers.of
         last = None
         value = b""
