@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -172,6 +173,11 @@ def _client_config(
 def where(record: Record) -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
 
+
+_PURGE_WAIT = 1.0
+"""Seconds ``close`` waits for the failure reports of the records it purged."""
+_PURGE_SERVE = 60.0
+"""Seconds its background thread goes on serving those reports (then: the process ends)."""
 
 # Refusals of one record that no retry changes: the broker (or the client) will refuse it
 # again. ``KafkaError.retriable()`` cannot tell: a delivery report's error is made from
@@ -350,7 +356,7 @@ class _KafkaProducer(Producer):
             log.warning("could not warm up the producer: %s", exc)
 
     def in_flight(self) -> int:
-        return 0 if self.abandoned else len(self._producer)
+        return len(self._producer)
 
     def poll(self, timeout: float = 0.0) -> int:
         try:
@@ -371,11 +377,31 @@ class _KafkaProducer(Producer):
         left = self.flush(timeout)
         if left:
             log.error("closing the producer: %d record(s) not delivered in %ss", left, timeout)
-            # Fail what is left, counted in ``abandoned``, not reported one by one: each
-            # report is a Python callback that waits for the GIL, and with other threads
-            # emitting, 15k of them took minutes (a stop of 295 s with 8 emitting threads).
+            # Fail what is left so every record still gets its (failed) delivery report.
+            # Each report is a Python callback that waits for the GIL: with threads
+            # emitting meanwhile, 15k of them took minutes (a stop of 295 s with 8
+            # emitting threads). So they are served by a thread of their own, waited
+            # for ``_PURGE_WAIT`` s at most: late, but never not at all.
             self._producer.purge()
-            self.abandoned = left
+            server = threading.Thread(
+                target=self._serve_purged, name="bridge-producer-close", daemon=True
+            )
+            server.start()
+            server.join(_PURGE_WAIT)
+            if server.is_alive():
+                log.warning(
+                    "closing the producer: the failure reports of %d record(s) are served "
+                    "in the background",
+                    len(self._producer),
+                )
+
+    def _serve_purged(self) -> None:
+        deadline = time.monotonic() + _PURGE_SERVE
+        while len(self._producer) and time.monotonic() < deadline:
+            try:
+                self._producer.flush(0.5)
+            except Exception:  # a callback raised: the others still get theirs
+                log.exception("serving the reports of purged records failed")
 
 
 class _KafkaConsumer(Consumer):

@@ -133,9 +133,6 @@ class Outbound:
             self._poller.join()
         if producer is not None:
             producer.close(0)  # flush above already waited drain_timeout
-            if producer.abandoned:  # failed at close, counted, not reported one by one
-                with self._stats_lock:
-                    self._stats.delivery_failed += producer.abandoned
         self._failure_log.flush()
 
     # -- publishing -----------------------------------------------------------------

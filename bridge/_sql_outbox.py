@@ -111,9 +111,7 @@ def outbox_dead_letter_table(
     return sa.Table(
         f"{name}_dead",
         metadata,
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
         sa.Column("topic", sa.Text(), nullable=False),
         sa.Column("key", sa.LargeBinary(), nullable=True),
         sa.Column("value", sa.LargeBinary(), nullable=False),
@@ -632,8 +630,7 @@ class _Relay:
     def _refuse(self, row_id: int, error: Exception, record: Record) -> None:
         """The broker refused row ``row_id`` for good: move it aside, report it, go on."""
         log.error(
-            "outbox %s: row %d to %r refused for good (%s); moved to %s, the rows after "
-            "it go on",
+            "outbox %s: row %d to %r refused for good (%s); moved to %s, the rows after it go on",
             self.box.table.name,
             row_id,
             record.topic,

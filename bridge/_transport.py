@@ -74,10 +74,6 @@ class Producer(ABC):
     """Writes records. All methods are thread safe. ``with producer:`` closes it at the
     end (flushing first)."""
 
-    abandoned: int = 0
-    """Records that ``close`` failed without serving their reports (it waits a bounded
-    time for those): not delivered, counted here instead of reported one by one."""
-
     def __enter__(self) -> Self:
         return self
 

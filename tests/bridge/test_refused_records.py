@@ -16,7 +16,6 @@ from bridge._outbox import Outbox
 from eventbus import EmitError, EventBus
 from tests.bridge.helpers import make_bridge, read, wait_for
 
-
 TOPIC_LIMIT = "20000"  # the topic's max.message.bytes, far below the producer's
 BIG = 60_000  # a payload the producer takes and the topic refuses
 
@@ -31,9 +30,7 @@ def test_an_emit_over_the_producer_limit_raises_naming_signal_size_and_option(
     memory = MemoryTransport()
     bus = EventBus()
     box = Outbox(str(tmp_path / "o.db"))
-    bridge = make_bridge(
-        bus, memory, "svc", Route.outbound(["big.*"], topic="t"), outbox=box
-    )
+    bridge = make_bridge(bus, memory, "svc", Route.outbound(["big.*"], topic="t"), outbox=box)
     with bridge:
         with pytest.raises(EmitError) as caught:
             bus.emit("big.one", blob=b"x" * 1_000_000)

@@ -82,7 +82,10 @@ def test_stop_while_eight_threads_emit_is_bounded_and_loses_nothing(
     for thread in threads:
         thread.join()
 
-    assert took < DRAIN + 3, f"stop() took {took:.1f} s with drain_timeout={DRAIN}"
+    assert took < 2 * DRAIN + 2, f"stop() took {took:.1f} s with drain_timeout={DRAIN}"
+    # Records purged at the end of the drain get their failure reports after stop (the
+    # emitting threads no longer hold the GIL).
+    wait_for(lambda: bridge.stats.in_flight == 0, 30, "every record delivered or reported")
     stats = bridge.stats
     consumed = {
         (p["t"], p["i"])
@@ -92,9 +95,8 @@ def test_stop_while_eight_threads_emit_is_bounded_and_loses_nothing(
     all_raised = set().union(*raised)
     assert consumed <= all_accepted, "a record reached the broker whose emit did not return"
     assert not consumed & all_raised, "an emit raised and its record was delivered"
-    # Every emit that returned before stop() began is delivered, or failed and counted:
-    # reported one by one, or (purged at the end of the drain) counted only.
-    missing = set().union(*before_stop) - consumed - reported
-    assert len(missing) <= stats.delivery_failed - len(reported)
+    # Every emit that returned before stop() began is delivered or reported as failed.
+    assert set().union(*before_stop) <= consumed | reported
+    assert stats.delivery_failed == len(reported)
     assert stats.delivered + stats.delivery_failed == stats.produced
     transport.close()
