@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -372,3 +373,52 @@ def test_the_relay_retries_a_full_disk_and_recovers(memory: MemoryTransport, db:
         assert bridge.stats.refused == 1
     payloads = [msgpack.unpackb(r.value) for r in read(memory, "t", 2)]
     assert payloads == [{"n": 1}, {"n": 3}]
+
+
+def test_the_relay_survives_a_write_error_on_delete_and_recovers(db: str) -> None:
+    """The file-size limit (RLIMIT_FSIZE, in a child process) makes the WAL unwritable as
+    a full disk does: the relay's deletes fail; lifting it is freeing space. The child
+    prints what it saw; the wait-for loops are in the child (it owns the outbox)."""
+    child = textwrap.dedent(
+        f"""
+        import json, resource, signal, time
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a kill
+        from bridge import MemoryTransport
+        from bridge._outbox import Outbox
+
+        def wait(what, condition):
+            deadline = time.monotonic() + 20
+            while not condition():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.01)
+
+        memory = MemoryTransport()
+        memory.ensure_topics(["t"])
+        memory.broker.pause_delivery()
+        box = Outbox({db!r}, retry_backoff=0.01, max_retry_backoff=0.05)
+        delivered = []
+        box.start(memory.producer(), lambda e, r: delivered.append(e))
+        for i in range(2000):
+            box.append("t", b"v" * 300, None, [("ce_id", str(i).encode())])
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the disk is full
+        memory.broker.resume_delivery()
+        wait("the relay to meet the full disk", lambda: box.problem is not None)
+        full = dict(problem=box.problem, alive=box.alive, pending=box.pending())
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space freed
+        wait("the relay to recover", lambda: box.problem is None and box.pending() == 0)
+        assert len(delivered) == 2000
+        print(json.dumps(dict(full=full, alive=box.alive, errors=sum(map(bool, delivered)))))
+        box.stop(1)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child], cwd=ROOT, check=False, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert seen["full"]["alive"] and seen["full"]["pending"] == 2000  # delivered, not deleted
+    assert "error" in seen["full"]["problem"]  # "disk I/O error": the WAL write failed
+    assert "storage error" in proc.stderr and "storage works again" in proc.stderr
+    assert seen["alive"] and seen["errors"] == 0
+    assert Outbox(db).pending() == 0  # the deletes reached the file
