@@ -26,7 +26,8 @@ def test_stop_while_eight_threads_emit_is_bounded_and_loses_nothing(
     transport = KafkaTransport(
         {
             "bootstrap.servers": kafka_bootstrap,
-            "batch.num.messages": 20,
+            "batch.num.messages": 1,
+            "linger.ms": 0,
             "max.in.flight.requests.per.connection": 1,
         }
     )
