@@ -682,16 +682,31 @@ class KafkaTransport(Transport):
         }
 
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the missing topics (broker's default replication factor), then wait until
-        every partition of each has a leader. Blocks up to ``timeout`` seconds."""
+        """Create the missing topics (``replication_factor`` None: the broker's
+        ``default.replication.factor``; ``config``: topic configs), then wait until every
+        partition of each has a leader. Blocks up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         existing = self._metadata(timeout).topics
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             futures = self._admin_client().create_topics(
-                [NewTopic(t, num_partitions=partitions) for t in missing],
+                [
+                    NewTopic(
+                        t,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor or -1,
+                        config=dict(config or {}),
+                    )
+                    for t in missing
+                ],
                 request_timeout=max(timeout, 0.001),
             )
             for topic, future in futures.items():

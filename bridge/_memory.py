@@ -543,9 +543,16 @@ class MemoryTransport(Transport):
         )
 
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the missing topics with ``partitions`` each. Never blocks."""
+        """Create the missing topics with ``partitions`` each (there are no replicas or
+        topic configs in memory: those are ignored). Never blocks."""
         with self.broker._cond:
             for topic in topics:
                 self.broker._create(topic, partitions)

@@ -233,10 +233,19 @@ class Transport(ABC):
 
     @abstractmethod
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the topics that do not exist yet; wait until they exist. Raises
-        ``TransportError`` if that takes longer than ``timeout`` seconds."""
+        """Create the topics that do not exist yet, with ``partitions`` each,
+        ``replication_factor`` replicas (None: the broker's default) and the topic
+        configs ``config`` (``retention.ms``...); wait until they exist. Existing topics
+        are left as they are. Raises ``TransportError`` if that takes longer than
+        ``timeout`` seconds or the broker refuses a setting."""
 
     @abstractmethod
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:

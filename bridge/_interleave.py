@@ -1,0 +1,211 @@
+"""Partition fairness: records read ahead from the consumer, handed out partition by
+partition in turn.
+
+librdkafka's queue holds what each fetch response brought, one partition's chunk after
+another (up to ``max.partition.fetch.bytes`` of each, and whole producer batches), so a
+consumer that takes records in queue order drains thousands of one partition before it
+sees the next: with a slow handler, the other partitions wait for minutes. ``Interleaved``
+reads ahead into one queue per partition (a batch; while all it holds is of one
+partition and others are assigned, up to ``LOOKAHEAD`` records or ``LOOKAHEAD_BYTES`` of
+values) and hands each batch out in shares: every partition with records gets an
+equal part of the batch, and the partition served first rotates. Order within a
+partition is kept, so the offset stored for a partition still covers only records done.
+
+A record read ahead is not handed to anyone yet: when the bridge stops, or its
+partition is revoked or rewound (``seek``), it is dropped and read again from the
+committed (or rewound) offset. A paused partition keeps what was read ahead of it and
+hands none of it out until resumed (librdkafka then fetches after it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from itertools import groupby
+from operator import itemgetter
+from typing import TypeAlias
+
+from ._transport import Consumer, Record
+
+__all__ = ["LOOKAHEAD", "LOOKAHEAD_BYTES", "Interleaved"]
+
+Partition: TypeAlias = tuple[str, int]
+LOOKAHEAD = 5_000
+"""Records read ahead at most (``batch_size`` more when that is larger)."""
+LOOKAHEAD_BYTES = 16 * 1024 * 1024
+"""Bytes of record values read ahead at most (estimated from the records seen)."""
+
+_partition_of = itemgetter(0, 1)
+
+
+class Interleaved(Consumer):
+    """``consumer`` whose ``consume`` hands out the records of its partitions in turn
+    (see the module docstring); every other method is the consumer's. The consumer
+    thread only."""
+
+    def __init__(self, consumer: Consumer, batch_size: int) -> None:
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.lookahead = max(LOOKAHEAD, batch_size)
+        self._queues: dict[Partition, deque[Record]] = {}
+        self._count = 0  # records read ahead
+        self._paused: set[Partition] = set()
+        self._turn = 0  # rotates the partition served first
+        self._record_bytes = 0.0  # mean value size seen, for the bytes bound
+        self._dropped: set[Partition] = set()  # revoked during the current fill
+
+    # -- reading ahead and handing out ---------------------------------------------------
+
+    def consume(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` records, in shares of the partitions that have some (not
+        paused); reads ahead first, waiting up to ``timeout`` only when none are here."""
+        room = self._room()
+        if room > 0:
+            self._fill(room, timeout if not self._available() else 0.0)
+        return self._take(max_records)
+
+    def _room(self) -> int:
+        """How many more records to read ahead: a batch while the records here are of
+        several partitions (or only one is assigned); while they are all of one, up to
+        ``lookahead``, to find the other partitions' records behind its chunk."""
+        if len(self._queues) > 1 or len(self.consumer.assignment()) <= 1:
+            target = self.batch_size
+        else:
+            target = self.lookahead
+        room = target - self._count
+        if self._record_bytes > 0:
+            room = min(room, int(LOOKAHEAD_BYTES / self._record_bytes) - self._count)
+        return room
+
+    def _available(self) -> bool:
+        if not self._paused:
+            return self._count > 0
+        return any(tp not in self._paused for tp in self._queues)
+
+    def _fill(self, room: int, timeout: float) -> None:
+        self._dropped.clear()
+        records = self.consumer.consume(room, timeout)
+        if not records:
+            return
+        if self._dropped:  # revoked inside this call: read by the partition's new owner
+            gone = self._dropped - set(self.consumer.assignment())
+            records = [r for r in records if (r.topic, r.partition) not in gone]
+        size = sum(len(r.value) for r in records if r.value)
+        self._record_bytes = 0.8 * self._record_bytes + 0.2 * (size / max(1, len(records)))
+        queues = self._queues
+        for tp, run in groupby(records, _partition_of):
+            queue = queues.get(tp)
+            if queue is None:
+                queues[tp] = deque(run)
+            else:
+                queue.extend(run)
+        self._count += len(records)
+
+    def _take(self, most: int) -> list[Record]:
+        queues = self._queues
+        if not queues or most <= 0:
+            return []
+        if len(queues) == 1 and not self._paused:  # one partition: in order, no shares
+            [(tp, queue)] = queues.items()
+            if most >= len(queue):
+                del queues[tp]
+                taken = list(queue)
+            else:
+                popleft = queue.popleft
+                taken = [popleft() for _ in range(most)]
+            self._count -= len(taken)
+            return taken
+        ready = [tp for tp in queues if tp not in self._paused]
+        if not ready:
+            return []
+        turn = self._turn % len(ready)
+        self._turn += 1
+        ready = ready[turn:] + ready[:turn]
+        taken = []
+        while ready and most > 0:
+            share = max(1, most // len(ready))
+            left = []
+            for tp in ready:
+                queue = queues[tp]
+                n = min(share, len(queue), most)
+                popleft = queue.popleft
+                taken.extend([popleft() for _ in range(n)])
+                most -= n
+                if not queue:
+                    del queues[tp]
+                else:
+                    left.append(tp)
+                if most <= 0:
+                    break
+            ready = left
+        self._count -= len(taken)
+        return taken
+
+    def drop(self, partitions: Sequence[Partition]) -> None:
+        """Forget what was read ahead of ``partitions`` (revoked: their new owner reads
+        them from the committed offset)."""
+        for tp in partitions:
+            self._dropped.add(tp)
+            self._paused.discard(tp)
+            queue = self._queues.pop(tp, None)
+            if queue is not None:
+                self._count -= len(queue)
+
+    def waiting(self) -> int:
+        """Records read ahead, not handed out yet."""
+        return self._count
+
+    # -- the consumer's own methods, kept in step ------------------------------------------
+
+    def poll(self, timeout: float) -> Record | None:
+        records = self.consume(1, timeout)
+        return records[0] if records else None
+
+    def pause(self, partitions: Sequence[Partition]) -> None:
+        self.consumer.pause(partitions)
+        self._paused.update(partitions)
+
+    def resume(self, partitions: Sequence[Partition]) -> None:
+        self.consumer.resume(partitions)
+        self._paused.difference_update(partitions)
+
+    def seek(self, record: Record) -> None:
+        """Rewind the consumer; drop what was read ahead of the partition from ``record``
+        on (it comes again)."""
+        self.consumer.seek(record)
+        tp = (record.topic, record.partition)
+        queue = self._queues.get(tp)
+        if queue is not None:
+            kept = deque(r for r in queue if r.offset < record.offset)
+            self._count -= len(queue) - len(kept)
+            if kept:
+                self._queues[tp] = kept
+            else:
+                del self._queues[tp]
+
+    def position(self, topic: str, partition: int) -> int | None:
+        """The offset of the next record handed out from the partition."""
+        queue = self._queues.get((topic, partition))
+        if queue:
+            return queue[0].offset
+        return self.consumer.position(topic, partition)
+
+    def lag(self) -> int | None:
+        """The consumer's lag, plus the records read ahead (not handled either)."""
+        lag = self.consumer.lag()
+        return None if lag is None else lag + self._count
+
+    def store(self, record: Record) -> None:
+        self.consumer.store(record)
+
+    def commit(self) -> None:
+        self.consumer.commit()
+
+    def is_ready(self) -> bool:
+        return self.consumer.is_ready()
+
+    def assignment(self) -> list[Partition]:
+        return self.consumer.assignment()
+
+    def close(self) -> None:
+        self.consumer.close()
