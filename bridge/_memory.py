@@ -167,6 +167,20 @@ class MemoryBroker:
         self._cond.notify_all()
         return None, record
 
+    def _unfinished(self, record: Record) -> list[str]:
+        """The groups reading ``record``'s topic that have not stored or committed an
+        offset past it."""
+        tp = (record.topic, record.partition)
+        waiting = []
+        for group, members in self._groups.items():
+            if not any(record.topic in m.topics for m in members):
+                continue
+            done = self._committed.get((group, *tp), 0)
+            done = max([done, *(m._stored.get(tp, 0) for m in members)])
+            if done <= record.offset:
+                waiting.append(group)
+        return waiting
+
     def _rebalance(self, group: str) -> None:
         """Spread the group's partitions round-robin over the members that subscribe to
         their topic; members apply the new target inside their next ``poll``."""
@@ -541,6 +555,52 @@ class MemoryTransport(Transport):
             on_revoke,
             earliest=from_beginning or self.auto_offset_reset == "earliest",
         )
+
+    def deliver(
+        self,
+        topic: str,
+        signal: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        key: str | bytes | None = None,
+        source: str = "tests",
+        timeout: float = 10.0,
+    ) -> Record:
+        """Write the event ``signal`` with ``payload`` to ``topic`` as the bridge of
+        service ``source`` publishes it (CloudEvents binary mode, msgpack; ``key``: the
+        record key), and return the record once every consumer group reading ``topic``
+        is done with it (handled, skipped or dead-lettered: its offset stored).
+
+        For tests of an inbound route: a started ``Bridge`` on this transport receives it
+        as it would from Kafka. ``TimeoutError`` when a group is not done within
+        ``timeout`` seconds. Useful for tests.
+        """
+        from ._codec import MsgpackCodec
+        from ._formats import Writers
+        from ._routes import Route
+
+        route = Route.outbound(signal, topic=topic)
+        writer = Writers([route], MsgpackCodec(), source, f"deliver-{id(self)}").of(route)
+        value, headers = writer.write(signal, dict(payload or {}))
+        if isinstance(key, str):
+            key = key.encode()
+        broker = self.broker
+        with broker._cond:
+            error, record = broker._append(topic, key, value, tuple(headers))
+        if error is not None:
+            raise error
+        deadline = time.monotonic() + timeout
+        while True:
+            with broker._cond:
+                waiting = broker._unfinished(record)
+            if not waiting:
+                return record
+            if time.monotonic() > deadline:
+                at = f"{record.topic}[{record.partition}]@{record.offset}"
+                raise TimeoutError(
+                    f"{at}: not finished by group(s) {', '.join(waiting)} within {timeout:g} s"
+                )
+            time.sleep(0.002)  # consumers store offsets without a notification
 
     def ensure_topics(
         self,
