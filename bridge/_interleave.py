@@ -19,8 +19,7 @@ hands none of it out until resumed (librdkafka then fetches after it).
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import groupby
 from operator import itemgetter
 from typing import TypeAlias
@@ -38,6 +37,32 @@ LOOKAHEAD_BYTES = 16 * 1024 * 1024
 _partition_of = itemgetter(0, 1)
 
 
+class _Queue:
+    """The records of one partition read ahead: a list and the index of the next one
+    (taking slices of a list is much cheaper than popping a deque record by record)."""
+
+    __slots__ = ("head", "records")
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.records) - self.head
+
+    def add(self, records: Iterable[Record]) -> None:
+        if self.head:
+            del self.records[: self.head]
+            self.head = 0
+        self.records.extend(records)
+
+    def take(self, most: int) -> list[Record]:
+        head = self.head
+        taken = self.records[head : head + most]
+        self.head = head + len(taken)
+        return taken
+
+
 class Interleaved(Consumer):
     """``consumer`` whose ``consume`` hands out the records of its partitions in turn
     (see the module docstring); every other method is the consumer's. The consumer
@@ -47,7 +72,7 @@ class Interleaved(Consumer):
         self.consumer = consumer
         self.batch_size = batch_size
         self.lookahead = max(LOOKAHEAD, batch_size)
-        self._queues: dict[Partition, deque[Record]] = {}
+        self._queues: dict[Partition, _Queue] = {}
         self._count = 0  # records read ahead
         self._paused: set[Partition] = set()
         self._turn = 0  # rotates the partition served first
@@ -59,6 +84,8 @@ class Interleaved(Consumer):
     def consume(self, max_records: int, timeout: float) -> list[Record]:
         """Up to ``max_records`` records, in shares of the partitions that have some (not
         paused); reads ahead first, waiting up to ``timeout`` only when none are here."""
+        if not self._count and len(self.consumer.assignment()) <= 1:
+            return self.consumer.consume(max_records, timeout)  # nothing to interleave
         room = self._room()
         if room > 0:
             self._fill(room, timeout if not self._available() else 0.0)
@@ -90,15 +117,18 @@ class Interleaved(Consumer):
         if self._dropped:  # revoked inside this call: read by the partition's new owner
             gone = self._dropped - set(self.consumer.assignment())
             records = [r for r in records if (r.topic, r.partition) not in gone]
-        size = sum(len(r.value) for r in records if r.value)
-        self._record_bytes = 0.8 * self._record_bytes + 0.2 * (size / max(1, len(records)))
+        # The bytes bound needs no precision: a sample, not a pass over every record.
+        first, last = records[0].value, records[-1].value
+        size = (len(first) if first else 0) + (len(last) if last else 0)
+        mean = self._record_bytes
+        self._record_bytes = size / 2 if not mean else 0.8 * mean + 0.1 * size
         queues = self._queues
         for tp, run in groupby(records, _partition_of):
             queue = queues.get(tp)
             if queue is None:
-                queues[tp] = deque(run)
+                queues[tp] = _Queue(list(run))
             else:
-                queue.extend(run)
+                queue.add(run)
         self._count += len(records)
 
     def _take(self, most: int) -> list[Record]:
@@ -107,12 +137,9 @@ class Interleaved(Consumer):
             return []
         if len(queues) == 1 and not self._paused:  # one partition: in order, no shares
             [(tp, queue)] = queues.items()
-            if most >= len(queue):
+            taken = queue.take(most)
+            if not queue:
                 del queues[tp]
-                taken = list(queue)
-            else:
-                popleft = queue.popleft
-                taken = [popleft() for _ in range(most)]
             self._count -= len(taken)
             return taken
         ready = [tp for tp in queues if tp not in self._paused]
@@ -127,10 +154,9 @@ class Interleaved(Consumer):
             left = []
             for tp in ready:
                 queue = queues[tp]
-                n = min(share, len(queue), most)
-                popleft = queue.popleft
-                taken.extend([popleft() for _ in range(n)])
-                most -= n
+                part = queue.take(min(share, most))
+                taken += part
+                most -= len(part)
                 if not queue:
                     del queues[tp]
                 else:
@@ -176,10 +202,11 @@ class Interleaved(Consumer):
         tp = (record.topic, record.partition)
         queue = self._queues.get(tp)
         if queue is not None:
-            kept = deque(r for r in queue if r.offset < record.offset)
-            self._count -= len(queue) - len(kept)
+            every = queue.take(len(queue))
+            kept = [r for r in every if r.offset < record.offset]
+            self._count -= len(every) - len(kept)
             if kept:
-                self._queues[tp] = kept
+                self._queues[tp] = _Queue(kept)
             else:
                 del self._queues[tp]
 
@@ -187,7 +214,7 @@ class Interleaved(Consumer):
         """The offset of the next record handed out from the partition."""
         queue = self._queues.get((topic, partition))
         if queue:
-            return queue[0].offset
+            return queue.records[queue.head].offset
         return self.consumer.position(topic, partition)
 
     def lag(self) -> int | None:

@@ -506,6 +506,34 @@ class _MemoryConsumer(Consumer):
             broker._rebalance(self.group)
 
 
+class _MemoryReader(_MemoryConsumer):
+    """``MemoryTransport.reader``: fixed partitions and start offsets, no group."""
+
+    def __init__(self, broker: MemoryBroker, positions: dict[TopicPartition, int]) -> None:
+        self._broker = broker
+        self._cond = broker._cond
+        self.group = ""
+        self.topics = frozenset(t for t, _ in positions)
+        self._on_assign = self._on_revoke = None
+        self._earliest = False
+        self._target = frozenset(positions)
+        self._positions = positions
+        self._stored = {}
+        self._paused = set()
+        self._turn = 0
+        self._ready = True
+        self._closed = False
+
+    def store(self, record: Record) -> None:
+        pass  # nothing is committed: no group
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._closed = True
+
+
 class MemoryTransport(Transport):
     """A transport over an in-process ``MemoryBroker`` with Kafka's semantics (see module).
 
@@ -555,6 +583,19 @@ class MemoryTransport(Transport):
             on_revoke,
             earliest=from_beginning or self.auto_offset_reset == "earliest",
         )
+
+    def reader(self, topic: str, *, from_beginning: bool = False) -> Consumer:
+        """A consumer of every partition of ``topic`` in no group (``Transport.reader``)."""
+        broker = self.broker
+        with broker._cond:
+            logs = broker._logs.get(topic)
+            if logs is None:
+                raise TransportError(f"topic {topic!r} does not exist")
+            positions = {
+                (topic, p): broker._low.get((topic, p), 0) if from_beginning else len(log)
+                for p, log in enumerate(logs)
+            }
+        return _MemoryReader(broker, positions)
 
     def deliver(
         self,

@@ -231,6 +231,14 @@ class Transport(ABC):
         revocation (a session that expired) nothing is committed.
         """
 
+    def reader(self, topic: str, *, from_beginning: bool = False) -> Consumer:
+        """Return a consumer of every partition of ``topic`` outside any consumer group:
+        nothing is joined or committed, so nothing of it stays on the broker (``tail``,
+        ``dlq ls``/``show``). It starts at the beginning of each partition with
+        ``from_beginning``, else at the end; ``store`` and ``commit`` do nothing.
+        ``TransportError`` for a missing topic."""
+        raise NotImplementedError(f"{type(self).__name__} has no group-less reader")
+
     @abstractmethod
     def ensure_topics(
         self,
