@@ -108,5 +108,5 @@ def test_the_mutual_tls_settings_build_into_librdkafka(certificates: Path) -> No
 def test_a_missing_certificate_file_is_refused_before_connecting(certificates: Path) -> None:
     (certificates / "client.pem").unlink()
     config = parse_config(tls_config(certificates))
-    with pytest.raises(ConfigError, match="client.pem|ssl.certificate.location"):
+    with pytest.raises(ConfigError, match=r"client\.pem|ssl\.certificate\.location"):
         preflight(config, EventBus())
