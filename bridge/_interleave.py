@@ -87,8 +87,11 @@ class Interleaved(Consumer):
         if not self._count and len(self.consumer.assignment()) <= 1:
             return self.consumer.consume(max_records, timeout)  # nothing to interleave
         room = self._room()
+        available = self._available()
         if room > 0:
-            self._fill(room, timeout if not self._available() else 0.0)
+            self._fill(room, timeout if not available else 0.0)
+        elif not available:  # full of paused partitions: still serve the consumer, and wait
+            self._fill(1, timeout)
         return self._take(max_records)
 
     def _room(self) -> int:

@@ -168,3 +168,13 @@ def test_revoked_and_rewound_partitions_drop_what_was_read_ahead() -> None:
     assert [r.offset for r in rest if r.partition == 2] == [1, 2]  # before the rewind
     assert consumer.sought  # the consumer itself was rewound
     assert source.waiting() == 0
+
+
+def test_a_full_read_ahead_of_paused_partitions_still_polls_the_consumer() -> None:
+    consumer = Scripted(chunk(0, range(150)) + chunk(1, range(150)))
+    source = Interleaved(consumer, 100)
+    source.consume(1, 0)  # reads all of it ahead: more than a batch
+    source.pause([("t", 0), ("t", 1)])  # (a busy scheduler)
+    consumer.records += chunk(2, range(5))  # a partition assigned meanwhile
+    taken = [r for b in drain(source, 10) for r in b]
+    assert [r.offset for r in taken] == list(range(5)) and {r.partition for r in taken} == {2}
