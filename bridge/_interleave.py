@@ -6,8 +6,8 @@ another (up to ``max.partition.fetch.bytes`` of each, and whole producer batches
 consumer that takes records in queue order drains thousands of one partition before it
 sees the next: with a slow handler, the other partitions wait for minutes. ``Interleaved``
 reads ahead into one queue per partition (a batch; while all it holds is of one
-partition and others are assigned, up to ``LOOKAHEAD`` records or ``LOOKAHEAD_BYTES`` of
-values) and hands each batch out in shares: every partition with records gets an
+partition, others are assigned and the handlers are slow, up to ``LOOKAHEAD`` records
+or ``LOOKAHEAD_BYTES`` of values) and hands each batch out in shares: every partition with records gets an
 equal part of the batch, and the partition served first rotates. Order within a
 partition is kept, so the offset stored for a partition still covers only records done.
 
@@ -19,6 +19,7 @@ hands none of it out until resumed (librdkafka then fetches after it).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from itertools import groupby
 from operator import itemgetter
@@ -33,6 +34,12 @@ LOOKAHEAD = 5_000
 """Records read ahead at most (``batch_size`` more when that is larger)."""
 LOOKAHEAD_BYTES = 16 * 1024 * 1024
 """Bytes of record values read ahead at most (estimated from the records seen)."""
+PACE_WINDOW = 0.1
+"""Seconds over which the pace of the records handed out is measured."""
+SLOW_BELOW = 5_000
+"""Records handed out per second below which reading far ahead is worth it: a faster
+consumer drains a fetched chunk in well under a second anyway, and thousands of records
+kept alive would cost it full garbage collections (docs/performance.md)."""
 
 _partition_of = itemgetter(0, 1)
 
@@ -68,8 +75,11 @@ class Interleaved(Consumer):
     (see the module docstring); every other method is the consumer's. The consumer
     thread only."""
 
-    def __init__(self, consumer: Consumer, batch_size: int) -> None:
+    def __init__(
+        self, consumer: Consumer, batch_size: int, *, slow_below: float = SLOW_BELOW
+    ) -> None:
         self.consumer = consumer
+        self.slow_below = slow_below
         self.batch_size = batch_size
         self.lookahead = max(LOOKAHEAD, batch_size)
         self._queues: dict[Partition, _Queue] = {}
@@ -78,6 +88,9 @@ class Interleaved(Consumer):
         self._turn = 0  # rotates the partition served first
         self._record_bytes = 0.0  # mean value size seen, for the bytes bound
         self._dropped: set[Partition] = set()  # revoked during the current fill
+        self._handed = 0  # records handed out in this window of the pace
+        self._window_at = time.monotonic()
+        self._rate: float | None = None  # records handed out per second, last window
 
     # -- reading ahead and handing out ---------------------------------------------------
 
@@ -85,20 +98,40 @@ class Interleaved(Consumer):
         """Up to ``max_records`` records, in shares of the partitions that have some (not
         paused); reads ahead first, waiting up to ``timeout`` only when none are here."""
         if not self._count and len(self.consumer.assignment()) <= 1:
-            return self.consumer.consume(max_records, timeout)  # nothing to interleave
+            records = self.consumer.consume(max_records, timeout)  # nothing to interleave
+            self._pace(len(records))
+            return records
         room = self._room()
         available = self._available()
         if room > 0:
             self._fill(room, timeout if not available else 0.0)
         elif not available:  # full of paused partitions: still serve the consumer, and wait
             self._fill(1, timeout)
-        return self._take(max_records)
+        taken = self._take(max_records)
+        self._pace(len(taken))
+        return taken
+
+    def _pace(self, handed: int) -> None:
+        """Count records handed out; at the end of each ``PACE_WINDOW``, the rate."""
+        self._handed += handed
+        now = time.monotonic()
+        elapsed = now - self._window_at
+        if elapsed >= PACE_WINDOW:
+            self._rate = self._handed / elapsed
+            self._handed = 0
+            self._window_at = now
 
     def _room(self) -> int:
-        """How many more records to read ahead: a batch while the records here are of
-        several partitions (or only one is assigned); while they are all of one, up to
-        ``lookahead``, to find the other partitions' records behind its chunk."""
-        if len(self._queues) > 1 or len(self.consumer.assignment()) <= 1:
+        """How many more records to read ahead: a batch; up to ``lookahead``, to find the
+        other partitions' records behind one partition's chunk, while all those here are
+        of one partition, others are assigned, and records go out slower than
+        ``slow_below`` a second (or their pace is not known yet)."""
+        rate = self._rate if self.slow_below != float("inf") else 0.0
+        if (
+            (rate is not None and rate >= self.slow_below)
+            or len(self._queues) > 1
+            or len(self.consumer.assignment()) <= 1
+        ):
             target = self.batch_size
         else:
             target = self.lookahead

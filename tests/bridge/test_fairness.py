@@ -21,7 +21,7 @@ from eventbus import EventBus
 from tests.bridge.helpers import make_bridge as bridge
 from tests.bridge.helpers import unique, wait_for
 
-PER_KEY = 100
+PER_KEY = 50
 KEYS = 20  # on 2 partitions: each gets several keys (hashing them) of certain
 
 
@@ -37,7 +37,9 @@ def test_a_backlog_in_one_partition_does_not_hold_back_the_other(
 
     @inbound.on("acct.moved")
     def handle(sender: Any, *, acct: int, seq: int) -> None:
-        time.sleep(0.0005)  # slow-ish: librdkafka has fetched both partitions meanwhile
+        # Slow (below SLOW_BELOW records/s even with 4 at once): fairness matters, and
+        # librdkafka has fetched both partitions meanwhile.
+        time.sleep(0.002)
         with lock:
             order.append(sender.partition)
             seqs.setdefault(acct, []).append(seq)
@@ -113,6 +115,9 @@ class Scripted(Consumer):
         pass
 
 
+SLOW = float("inf")  # as slow a consumer as it gets: it always reads far ahead
+
+
 def chunk(partition: int, offsets: range) -> list[Record]:
     return [Record("t", partition, o, None, b"v", (), None) for o in offsets]
 
@@ -125,7 +130,9 @@ def drain(source: Interleaved, batch: int) -> list[list[Record]]:
 
 
 def test_batches_take_equal_shares_of_each_partition_in_order() -> None:
-    source = Interleaved(Scripted(chunk(0, range(1000)) + chunk(1, range(50))), 100)
+    source = Interleaved(
+        Scripted(chunk(0, range(1000)) + chunk(1, range(50))), 100, slow_below=SLOW
+    )
     batches = drain(source, 100)
     first = batches[0]
     assert {r.partition for r in first} == {0, 1}
@@ -138,14 +145,14 @@ def test_batches_take_equal_shares_of_each_partition_in_order() -> None:
 
 
 def test_the_partition_served_first_rotates() -> None:
-    source = Interleaved(Scripted(chunk(0, range(10)) + chunk(1, range(10))), 100)
+    source = Interleaved(Scripted(chunk(0, range(10)) + chunk(1, range(10))), 100, slow_below=SLOW)
     firsts = [source.consume(2, 0)[0].partition for _ in range(4)]
     assert firsts in ([0, 1, 0, 1], [1, 0, 1, 0])
 
 
 def test_a_paused_partition_keeps_what_was_read_ahead_and_hands_none_out() -> None:
     consumer = Scripted(chunk(0, range(10)) + chunk(1, range(10)))
-    source = Interleaved(consumer, 100)
+    source = Interleaved(consumer, 100, slow_below=SLOW)
     source.consume(2, 0)  # reads everything ahead
     source.pause([("t", 0)])
     rest = drain(source, 4)
@@ -157,7 +164,7 @@ def test_a_paused_partition_keeps_what_was_read_ahead_and_hands_none_out() -> No
 
 def test_revoked_and_rewound_partitions_drop_what_was_read_ahead() -> None:
     consumer = Scripted(chunk(0, range(10)) + chunk(1, range(10)) + chunk(2, range(10)))
-    source = Interleaved(consumer, 100)
+    source = Interleaved(consumer, 100, slow_below=SLOW)
     first = source.consume(3, 0)
     assert source.waiting() == 27
     source.drop([("t", 1)])  # revoked: its new owner reads it from the committed offset
@@ -172,9 +179,26 @@ def test_revoked_and_rewound_partitions_drop_what_was_read_ahead() -> None:
 
 def test_a_full_read_ahead_of_paused_partitions_still_polls_the_consumer() -> None:
     consumer = Scripted(chunk(0, range(150)) + chunk(1, range(150)))
-    source = Interleaved(consumer, 100)
+    source = Interleaved(consumer, 100, slow_below=SLOW)
     source.consume(1, 0)  # reads all of it ahead: more than a batch
     source.pause([("t", 0), ("t", 1)])  # (a busy scheduler)
     consumer.records += chunk(2, range(5))  # a partition assigned meanwhile
     taken = [r for b in drain(source, 10) for r in b]
     assert [r.offset for r in taken] == list(range(5)) and {r.partition for r in taken} == {2}
+
+
+def test_a_fast_consumer_reads_ahead_a_batch_only() -> None:
+    """Thousands of records kept alive would cost a fast consumer full collections; it
+    drains a fetched chunk quickly anyway."""
+    consumer = Scripted(chunk(0, range(3000)) + chunk(1, range(3000)))
+    source = Interleaved(consumer, 100)
+    source._rate = 1e6  # handed out as fast as this loop takes them
+    most = 0
+    while source.consume(100, 0):
+        most = max(most, source.waiting())
+    assert most <= 100
+    slow = Interleaved(Scripted(chunk(0, range(3000)) + chunk(1, range(3000))), 100)
+    slow.consume(100, 0)
+    slow._rate = 10.0  # ten records a second so far
+    slow.consume(100, 0)
+    assert slow.waiting() > 3000  # read past partition 0's chunk
