@@ -7,8 +7,8 @@ consumer that takes records in queue order drains thousands of one partition bef
 sees the next: with a slow handler, the other partitions wait for minutes. ``Interleaved``
 reads ahead into one queue per partition (a batch; while all it holds is of one
 partition, others are assigned and the handlers are slow, up to ``LOOKAHEAD`` records
-or ``LOOKAHEAD_BYTES`` of values) and hands each batch out in shares: every partition with records gets an
-equal part of the batch, and the partition served first rotates. Order within a
+or ``LOOKAHEAD_BYTES`` of values) and hands each batch out in shares: every partition
+with records gets an equal part of the batch, and the partition served first rotates. Order within a
 partition is kept, so the offset stored for a partition still covers only records done.
 
 A record read ahead is not handed to anyone yet: when the bridge stops, or its
