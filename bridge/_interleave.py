@@ -8,8 +8,11 @@ sees the next: with a slow handler, the other partitions wait for minutes. ``Int
 reads ahead into one queue per partition (a batch; while all it holds is of one
 partition, others are assigned and the handlers are slow, up to ``LOOKAHEAD`` records
 or ``LOOKAHEAD_BYTES`` of values) and hands each batch out in shares: every partition
-with records gets an equal part of the batch, and the partition served first rotates. Order within a
-partition is kept, so the offset stored for a partition still covers only records done.
+with records gets an equal part of the batch, and the partition served first rotates.
+Order within a partition is kept, so the offset stored for a partition still covers only
+records done. "Slow": fewer than ``SLOW_BELOW`` records a second went out over the last
+``PACE_WINDOW`` (or none was measured yet); a faster consumer drains a chunk within a
+second anyway, and thousands of records kept alive would cost it garbage collections.
 
 A record read ahead is not handed to anyone yet: when the bridge stops, or its
 partition is revoked or rewound (``seek``), it is dropped and read again from the
@@ -27,7 +30,7 @@ from typing import TypeAlias
 
 from ._transport import Consumer, Record
 
-__all__ = ["LOOKAHEAD", "LOOKAHEAD_BYTES", "Interleaved"]
+__all__ = ["LOOKAHEAD", "LOOKAHEAD_BYTES", "PACE_WINDOW", "SLOW_BELOW", "Interleaved"]
 
 Partition: TypeAlias = tuple[str, int]
 LOOKAHEAD = 5_000
