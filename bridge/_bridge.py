@@ -73,6 +73,11 @@ class Bridge:
     ``QueueFullError``. ``dedup_path``, a SQLite file, keeps the handled event ids across
     restarts (effectively-once handling of redelivered events within ``dedup_window``).
 
+    Topics (``create_topics``): the missing route, retry and dead-letter topics are
+    created at start with ``partitions``, ``replication_factor`` (None: the broker's) and
+    the Kafka topic configs ``topic_config``; dead-letter topics ``dead_letter_topic_config``
+    on top (default: 28 days' retention; docs/operations.md#topics-the-bridge-creates).
+
     Tracing (docs/operations.md#traces): with ``opentelemetry-api`` installed (the
     ``otel`` extra) and a tracer provider configured globally before the bridge is made,
     or given as ``tracer_provider``, each outbound record gets a PRODUCER span and each
