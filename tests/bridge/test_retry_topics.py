@@ -187,10 +187,17 @@ def test_a_retry_succeeds_once_the_cause_is_gone(transport: Transport) -> None:
     worker.fail_times = {7: 1}  # fails on its first delivery only
     with worker.bridge as bridge:
         emit(transport, topic, [7])
-        wait_for(lambda: bridge.stats.retries_handled == 1, 30, "the retry handled")
+        # retries_handled is counted as the retry's handler returns, handled only once
+        # its batch is done: wait for both, not the first alone.
+        wait_for(
+            lambda: bridge.stats.retries_handled == 1 and bridge.stats.handled == 1,
+            30,
+            "the retry handled and counted",
+        )
         stats = bridge.stats
         assert stats.retries_scheduled == 1 and stats.retries_due == 1
         assert stats.dead_lettered == 0 and stats.handled == 1  # the retry
+    assert bridge.stats.handled == 1 and bridge.stats.retries_handled == 1  # no more
     assert len(worker.calls(7)) == 2 and worker.steady_calls == [7]
 
 
