@@ -101,7 +101,7 @@ def test_a_slow_key_does_not_hold_back_the_others_and_its_offset_is_not_committe
     with bridge(out, transport, "api", Route.outbound("job.*", topic=topic, key="who")):
         with bridge(inbound, transport, "jobs", route, concurrency=4, drain_timeout=0.2):
             out.emit("job.run", who="slow", n=0)
-            assert slow_started.wait(10)
+            assert slow_started.wait(30)
             for n in range(1, 4):
                 out.emit("job.run", who="slow", n=n)  # must wait behind slow 0
             for n in range(20):
@@ -140,7 +140,7 @@ def test_retries_and_dead_letters_of_one_key_do_not_hold_back_other_keys(
         bridge(out, transport, "api", Route.outbound("pay.*", topic=topic, key="who")),
     ):
         out.emit("pay.made", who="bad", n=0)
-        assert failed_once.wait(10)
+        assert failed_once.wait(30)
         out.emit("pay.made", who="bad", n=1)
         for n in range(10):
             out.emit("pay.made", who=f"good-{n % 3}", n=n)
