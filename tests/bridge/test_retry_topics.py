@@ -285,7 +285,10 @@ def test_retries_are_counted_per_route_in_stats_and_metrics(
 
 def test_retry_records_survive_a_restart_and_nothing_runs_twice(transport: Transport) -> None:
     topic = new_topic()
-    worker = Worker(transport, topic, [3.0])
+    # The first bridge must be stopped before the retry is due (else it fails again there,
+    # the cause not fixed yet, and is dead-lettered). Measured under load (10 on 2 cores):
+    # failure to "scheduled" (the retry record acknowledged) 0.5-0.75 s, stop 0.15 s.
+    worker = Worker(transport, topic, [5.0])
     worker.bad = {3}
     with worker.bridge as bridge:
         emit(transport, topic, [3])
