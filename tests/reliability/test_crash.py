@@ -70,8 +70,10 @@ def start_daemon(config: Path, out: Path, seen: list[str] | None = None) -> subp
 
 
 def lines(path: Path) -> list[str]:
+    """The complete lines of ``path`` (a line being written as it is read is left out)."""
     with path.open() as fh:
-        return fh.read().splitlines()
+        text = fh.read()
+    return text[: text.rfind("\n") + 1].splitlines()
 
 
 def count(path: Path) -> int:
