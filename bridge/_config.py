@@ -200,6 +200,7 @@ BRIDGE_OPTIONS: dict[str, _Option] = {
     "log_level": _str("INFO", _level),
     "metrics_port": _int(None, _port),
     "metrics_host": _str("127.0.0.1", _non_empty),
+    "workers": _int(1, _at_least(1)),
 }
 """Every ``[bridge]`` key: the one table of the options. ``Config``'s defaults come from
 it, and the keys marked ``for_bridge`` are ``Bridge``'s keyword arguments of the same name
@@ -260,6 +261,7 @@ class Config:
     log_level: str = _default("log_level")
     metrics_port: int | None = _default("metrics_port")
     metrics_host: str = _default("metrics_host")
+    workers: int = _default("workers")
     kafka: Mapping[str, KafkaValue] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     optional_handlers: frozenset[Route] = frozenset()
@@ -343,10 +345,31 @@ class Config:
                 continue
             raise ConfigError(f"{self.source}: [bridge] {key} = {path!r}: {problem}")
 
+    def check_workers(self) -> None:
+        """ConfigError when ``workers`` > 1 cannot work: the worker processes share the
+        partitions of the inbound routes (none: nothing to share), and a SQLite outbox
+        has one owner (an exclusive lock), which N processes cannot share."""
+        if self.workers == 1:
+            return
+        where = f"{self.source}: [bridge] workers = {self.workers}"
+        if not any(route.is_inbound for route in self.routes):
+            raise ConfigError(
+                f"{where}: the workers share the partitions of the inbound routes, and there "
+                "is none: use workers = 1"
+            )
+        if self.outbox is not None:
+            raise ConfigError(
+                f"{where} with outbox = {self.outbox!r}: a SQLite outbox has one owner (an "
+                "exclusive lock), so worker processes cannot share it: use workers = 1 with "
+                "the outbox (or replicas, each with its own outbox file)"
+            )
+
     def describe(self) -> list[str]:
         """Human-readable lines summing up the configuration, secrets masked."""
         lines = [f"service {self.service!r} (group {self.group or self.service!r})"]
         lines.append("modules: " + (", ".join(self.modules) or "(none)"))
+        if self.workers > 1:
+            lines.append(f"workers: {self.workers} processes, one group member each")
         for key, value in sorted(masked(self.kafka).items()):
             lines.append(f"kafka {key} = {value}")
         for route in self.routes:
@@ -505,9 +528,11 @@ def parse_config(
         for route, data in zip(routes, routes_data, strict=True)
         if data.get("require_handlers") is False
     )
-    return Config(
+    config = Config(
         **options, kafka=settings, routes=routes, optional_handlers=optional, source=source
     )
+    config.check_workers()
+    return config
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
