@@ -76,7 +76,9 @@ def test_two_workers_share_the_partitions_handle_each_record_once_and_drain(
     topic = make_topic(partitions=4)
     service = f"workers-{uuid.uuid4().hex[:8]}"
     path = service_file(tmp_path, kafka_bootstrap, topic, service)
-    daemon = start(path, tmp_path, "--metrics-port", "0")
+    # Static membership: each worker gets an instance id of its own (one id would fence).
+    static = f"--set=kafka.group.instance.id={service}"
+    daemon = start(path, tmp_path, "--metrics-port", "0", static)
     sender = Sender(kafka_bootstrap, topic)
     try:
         port = int(daemon.wait_for("metrics and health on").rsplit(":", 1)[1].strip("/"))
@@ -105,6 +107,7 @@ def test_two_workers_share_the_partitions_handle_each_record_once_and_drain(
     assert "SIGTERM received: draining 2 workers" in out
     assert "bridge.daemon[w0]: stopped: " in out and "bridge.daemon[w1]: stopped: " in out
     assert "bridge.workers: stopped: 400 in: 400 handled" in out
+    assert "restarting it" not in out and "fenced" not in out.lower()
     assert committed_everything(kafka_bootstrap, service, topic, 4)
 
 
