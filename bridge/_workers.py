@@ -133,7 +133,9 @@ class _Reporter:
         while not self._closed.wait(REPORT_INTERVAL):
             if not asked and (self._parent_stop.is_set() or os.getppid() != self._parent):
                 asked = True
-                if not self._parent_stop.is_set():
+                if self._parent_stop.is_set():
+                    log.info("the daemon is stopping: draining this worker")
+                else:
                     log.warning("the daemon's parent process is gone: stopping")
                 request_stop()
             if not self._send():
