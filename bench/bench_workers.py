@@ -205,7 +205,10 @@ def run_daemon(work: Path, workers: int, records: int, loops: int) -> float:
             daemon.wait(60)
         except subprocess.TimeoutExpired:
             daemon.kill()
-        AdminClient({"bootstrap.servers": bootstrap()}).delete_topics([topic])
+        for future in (
+            AdminClient({"bootstrap.servers": bootstrap()}).delete_topics([topic]).values()
+        ):
+            future.result(30)
 
 
 def load() -> str:

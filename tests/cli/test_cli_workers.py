@@ -91,13 +91,15 @@ def test_two_workers_share_the_partitions_handle_each_record_once_and_drain(
         assert pids == {worker_pid(daemon, 0), worker_pid(daemon, 1)}, "both workers handle"
         assert os.getpid() not in pids and daemon.process.pid not in pids
         wait_for(
-            lambda: metric(http(port, "/metrics")[1], "eventbus_bridge_events_handled_total")
-            == 400,
+            lambda: (
+                metric(http(port, "/metrics")[1], "eventbus_bridge_events_handled_total") == 400
+            ),
             10,
             "the daemon's /metrics summing both workers",
         )
         text = http(port, "/metrics")[1]
-        assert 'eventbus_bridge_worker_healthy{service="%s",worker="1"} 1.0' % service in text
+        labels = f'service="{service}",worker="1"'
+        assert f"eventbus_bridge_worker_healthy{{{labels}}} 1.0" in text
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.finish(60) == 0, daemon.output
     finally:
