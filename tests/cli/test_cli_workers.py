@@ -119,7 +119,10 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(
     topic = make_topic(partitions=4)
     service = f"workers-{uuid.uuid4().hex[:8]}"
     path = service_file(tmp_path, kafka_bootstrap, topic, service)
-    daemon = start(path, tmp_path, "--metrics-port", "0", delay=0.01)
+    # Static membership: the restarted worker takes its partitions back under its id
+    # at once, without waiting for the killed one's session to time out.
+    static = f"--set=kafka.group.instance.id={service}"
+    daemon = start(path, tmp_path, "--metrics-port", "0", static, delay=0.01)
     sender = Sender(kafka_bootstrap, topic)
     try:
         port = int(daemon.wait_for("metrics and health on").rsplit(":", 1)[1].strip("/"))
