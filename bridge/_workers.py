@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
@@ -176,7 +176,6 @@ class _Report:
     stats: Stats | None
 
 
-@dataclass
 class WorkerReports:
     """The workers' last reports together: what the daemon's ``/metrics`` and
     ``/healthz`` read (a ``MetricsSource``). Thread safe: written by the supervisor,
@@ -185,18 +184,30 @@ class WorkerReports:
     ``healthy``: every worker runs, reported within ``REPORT_STALE`` seconds, and said it
     was healthy; and the daemon is not stopping. ``stats``: the sums of the workers'
     counters, those of exited workers included (so that they never go down), and of the
-    gauges of the running ones.
+    gauges of the running ones. ``transport``: the parent's own connection to the broker
+    (the dead-letter depth gauge), set once the broker answered.
     """
 
-    service: str
-    routes: tuple[Route, ...]
-    transport: Transport
-    count: int
-    stopping: bool = False
-    restarts: dict[int, int] = field(default_factory=dict)
-    _live: dict[int, _Report] = field(default_factory=dict)
-    _retired: Stats = field(default_factory=Stats)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, service: str, routes: tuple[Route, ...], count: int) -> None:
+        self.service = service
+        self.routes = routes
+        self.count = count
+        self.stopping = False
+        self.restarts: dict[int, int] = {}
+        self._transport: Transport | None = None
+        self._live: dict[int, _Report] = {}
+        self._retired = Stats()
+        self._lock = threading.Lock()
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise RuntimeError("the daemon has not reached the broker yet")
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: Transport) -> None:
+        self._transport = transport
 
     def update(self, index: int, healthy: bool, stats: Stats | None) -> None:
         with self._lock:
@@ -288,34 +299,38 @@ def supervise(config: Config, stop: threading.Event, received: list[int]) -> int
         config.workers,
         len(config.routes),
     )
-    try:
-        preflight(config)  # what each worker would refuse, refused once
-    except ConfigError as exc:
-        raise DaemonError(str(exc), EXIT_CONFIG) from exc
-    transport = connect(config)  # the broker answers; the transport serves /metrics
-    try:
-        check_topics(config, transport)
-        reports = WorkerReports(config.service, config.routes, transport, config.workers)
-        metrics = None
-        if config.metrics_port is not None:
-            try:
-                metrics = serve_metrics(
-                    reports,
-                    config.metrics_host,
-                    config.metrics_port,
-                    config.service,
-                    extra=[WorkerCollector(reports)],
-                )
-            except ConfigError as exc:
-                raise DaemonError(str(exc), EXIT_CONFIG) from exc
-            log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+    reports = WorkerReports(config.service, config.routes, config.workers)
+    metrics = None
+    if config.metrics_port is not None:
+        # First of all: /healthz answers (503) while the daemon starts.
         try:
+            metrics = serve_metrics(
+                None,
+                config.metrics_host,
+                config.metrics_port,
+                config.service,
+                extra=[WorkerCollector(reports)],
+            )
+        except ConfigError as exc:
+            raise DaemonError(str(exc), EXIT_CONFIG) from exc
+        log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+    try:
+        try:
+            preflight(config)  # what each worker would refuse, refused once
+        except ConfigError as exc:
+            raise DaemonError(str(exc), EXIT_CONFIG) from exc
+        transport = connect(config)  # the broker answers: the workers may start
+        try:
+            check_topics(config, transport)
+            reports.transport = transport
+            if metrics is not None:
+                metrics.bridge = reports
             return _Supervisor(config, reports, stop, received, started).serve()
         finally:
-            if metrics is not None:
-                metrics.close()
+            transport.close()
     finally:
-        transport.close()
+        if metrics is not None:
+            metrics.close()
 
 
 class _Supervisor:

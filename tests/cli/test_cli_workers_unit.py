@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from bridge import MemoryTransport
 from bridge._config import parse_config
 from bridge._stats import RouteRetries, Stats
 from bridge._workers import REPORT_STALE, WorkerReports, worker_config
@@ -43,7 +42,7 @@ def stats(**values: Any) -> Stats:
 
 
 def reports(count: int = 2) -> WorkerReports:
-    return WorkerReports("svc", (), MemoryTransport(), count)
+    return WorkerReports("svc", (), count)
 
 
 def test_healthy_only_when_every_worker_reported_healthy() -> None:
