@@ -1,6 +1,6 @@
 """CPU-bound handlers on a real Kafka broker (KAFKA_BOOTSTRAP): ``run --workers 2`` vs 1.
 
-    python bench/bench_workers.py [--records 100000] [--handler-us 50] [--rounds 2]
+    python bench/bench_workers.py [--records 100000] [--handler-us 50] [--rounds 3]
 
 A pure-Python handler that computes for about ``handler_us`` microseconds per event (a
 loop calibrated here) is hosted by the daemon (``python -m bridge run``), with one worker
@@ -256,7 +256,7 @@ def main() -> int:
     )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--handler-us", type=float, default=50.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     report([bench_workers(args.records, args.handler_us, args.rounds)], args.json)
