@@ -312,14 +312,7 @@ def _serve(
         len(config.routes),
         ", ".join(f"{k}={v}" for k, v in sorted(masked(config.kafka).items())) or "-",
     )
-    metrics = None
-    if config.metrics_port is not None:
-        # First of all: /healthz answers (503) while the daemon starts.
-        try:
-            metrics = serve_metrics(None, config.metrics_host, config.metrics_port, config.service)
-        except ConfigError as exc:
-            raise DaemonError(str(exc), EXIT_CONFIG) from exc
-        log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+    metrics = start_metrics(config)  # first of all: /healthz answers (503) while starting
 
     def serve_metrics_of(bridge: Bridge) -> None:
         if metrics is not None:
@@ -360,6 +353,21 @@ def _serve(
     finally:
         if metrics is not None:
             metrics.close()
+
+
+def start_metrics(config: Config, extra: Sequence[Any] = ()) -> MetricsServer | None:
+    """Serve ``/metrics`` and ``/healthz`` (503 until a bridge is set on the server) when
+    ``config`` has a metrics port, with ``extra`` collectors; else None."""
+    if config.metrics_port is None:
+        return None
+    try:
+        metrics = serve_metrics(
+            None, config.metrics_host, config.metrics_port, config.service, extra
+        )
+    except ConfigError as exc:
+        raise DaemonError(str(exc), EXIT_CONFIG) from exc
+    log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+    return metrics
 
 
 def _serve_locally(

@@ -55,10 +55,11 @@ from ._daemon import (
     preflight,
     request_stop,
     run,
+    start_metrics,
     summary,
 )
 from ._errors import ConfigError
-from ._metrics import require_prometheus, serve_metrics
+from ._metrics import require_prometheus
 from ._routes import Route
 from ._stats import RouteRetries, Stats
 from ._transport import Transport
@@ -300,20 +301,7 @@ def supervise(config: Config, stop: threading.Event, received: list[int]) -> int
         len(config.routes),
     )
     reports = WorkerReports(config.service, config.routes, config.workers)
-    metrics = None
-    if config.metrics_port is not None:
-        # First of all: /healthz answers (503) while the daemon starts.
-        try:
-            metrics = serve_metrics(
-                None,
-                config.metrics_host,
-                config.metrics_port,
-                config.service,
-                extra=[WorkerCollector(reports)],
-            )
-        except ConfigError as exc:
-            raise DaemonError(str(exc), EXIT_CONFIG) from exc
-        log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+    metrics = start_metrics(config, extra=[WorkerCollector(reports)])  # /healthz: 503
     try:
         try:
             preflight(config)  # what each worker would refuse, refused once
