@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from eventbus import EventBus
@@ -27,6 +28,7 @@ from ._outbound import DeliveryFailureCallback, Outbound
 from ._retry_topics import RetryTopics
 from ._routes import Route
 from ._stats import Stats
+from ._topic_config import DEAD_LETTER_TOPIC_CONFIG, normalize_topic_config, topic_config_problem
 from ._tracing import tracing_for
 from ._transport import Transport
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from ._outbox_base import BaseOutbox
 
 log = logging.getLogger("bridge")
+_NO_CONFIG: Mapping[str, str] = MappingProxyType({})
 
 NO_ASSIGNMENT = (
     "no partition assignment from group {group!r}: the group is rebalancing, or a member "
@@ -70,6 +73,11 @@ class Bridge:
     ``QueueFullError``. ``dedup_path``, a SQLite file, keeps the handled event ids across
     restarts (effectively-once handling of redelivered events within ``dedup_window``).
 
+    Topics (``create_topics``): the missing route, retry and dead-letter topics are
+    created at start with ``partitions``, ``replication_factor`` (None: the broker's) and
+    the Kafka topic configs ``topic_config``; dead-letter topics ``dead_letter_topic_config``
+    on top (default: 28 days' retention; docs/operations.md#topics-the-bridge-creates).
+
     Tracing (docs/operations.md#traces): with ``opentelemetry-api`` installed (the
     ``otel`` extra) and a tracer provider configured globally before the bridge is made,
     or given as ``tracer_provider``, each outbound record gets a PRODUCER span and each
@@ -97,6 +105,9 @@ class Bridge:
         dedup_path: str | None = None,
         create_topics: bool = True,
         partitions: int = 1,
+        replication_factor: int | None = None,
+        topic_config: Mapping[str, str | int | bool] = _NO_CONFIG,
+        dead_letter_topic_config: Mapping[str, str | int | bool] = DEAD_LETTER_TOPIC_CONFIG,
         ready_timeout: float = 30.0,
         drain_timeout: float = 30.0,
         batch_size: int = 100,
@@ -117,6 +128,17 @@ class Bridge:
             raise ConfigError("unrouted must be 'skip' or 'dlq'")
         if partitions < 1 or batch_size < 1 or concurrency < 1:
             raise ConfigError("partitions, batch_size and concurrency must be at least 1")
+        if replication_factor is not None and replication_factor < 1:
+            raise ConfigError("replication_factor must be at least 1 (None: the broker's default)")
+        self.topic_config = normalize_topic_config(topic_config)
+        self.dead_letter_topic_config = normalize_topic_config(dead_letter_topic_config)
+        for name, settings in (
+            ("topic_config", self.topic_config),
+            ("dead_letter_topic_config", self.dead_letter_topic_config),
+        ):
+            problem = topic_config_problem(settings)
+            if problem:
+                raise ConfigError(f"{name}: {problem}")
         self.bus = bus
         self.transport = transport
         self.service = service
@@ -129,6 +151,7 @@ class Bridge:
         self.on_delivery_failure = on_delivery_failure
         self.create_topics = create_topics
         self.partitions = partitions
+        self.replication_factor = replication_factor
         self.ready_timeout = ready_timeout
         self.drain_timeout = drain_timeout
         self.batch_size = batch_size
@@ -193,6 +216,30 @@ class Bridge:
         names += [t for r in self._in_routes for t in r.retry_topics]
         return list(dict.fromkeys(names))
 
+    def _create_topics(self, deadline: float) -> None:
+        """Create the missing topics: ``partitions``, ``replication_factor`` and
+        ``topic_config`` each; dead-letter topics ``dead_letter_topic_config`` on top."""
+        letters = {r.dead_letter_topic for r in self._in_routes}
+        routes = [t for t in self.topics if t not in letters]
+        for topics, config in (
+            (routes, self.topic_config),
+            (
+                [t for t in self.topics if t in letters],
+                {
+                    **self.topic_config,
+                    **self.dead_letter_topic_config,
+                },
+            ),
+        ):
+            if topics:
+                self.transport.ensure_topics(
+                    topics,
+                    self.partitions,
+                    max(0.1, deadline - time.monotonic()),
+                    replication_factor=self.replication_factor,
+                    config=config,
+                )
+
     @property
     def healthy(self) -> bool:
         """True while started and ready, and neither the consumer nor the outbox relay died."""
@@ -235,7 +282,7 @@ class Bridge:
         try:
             deadline = time.monotonic() + self.ready_timeout
             if self.create_topics:
-                self.transport.ensure_topics(self.topics, self.partitions, self.ready_timeout)
+                self._create_topics(deadline)
             self._outbound.open(self.topics, max(0.1, deadline - time.monotonic()))
             if self._in_routes:
                 self._start_inbound(deadline if wait else None)

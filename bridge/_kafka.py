@@ -589,6 +589,32 @@ class _KafkaConsumer(Consumer):
             raise _translate(exc, "closing the consumer failed") from exc
 
 
+class _KafkaReader(_KafkaConsumer):
+    """``KafkaTransport.reader``: fixed partitions and start offsets, no group."""
+
+    def __init__(self, config: dict[str, Any], starts: Mapping[tuple[str, int], int]) -> None:
+        try:
+            self._consumer = confluent_kafka.Consumer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"bad Kafka consumer config: {exc}") from exc
+        self._on_assign = self._on_revoke = None
+        self._assigned = set(starts)
+        self._starts = dict(starts)
+        self._closed = False
+        try:
+            self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        except KafkaException as exc:
+            self._consumer.close()
+            raise _translate(exc, "cannot assign the partitions") from exc
+        self._ready = True
+
+    def store(self, record: Record) -> None:
+        pass  # nothing is committed: no group
+
+    def commit(self) -> None:
+        pass
+
+
 class KafkaTransport(Transport):
     """A transport over a Kafka cluster through confluent-kafka (see the module docstring).
 
@@ -658,6 +684,16 @@ class KafkaTransport(Transport):
             self.start_timeout,
         )
 
+    def reader(self, topic: str, *, from_beginning: bool = False) -> Consumer:
+        """A consumer of every partition of ``topic`` by ``assign()``: no group is joined
+        and nothing is committed (``enable.auto.commit=false``), so the broker keeps no
+        trace of it. Starts at each partition's first or next offset, resolved now."""
+        marks = self.watermarks(topic, self.start_timeout)
+        starts = {(topic, p): low if from_beginning else high for p, (low, high) in marks.items()}
+        config = self.consumer_config("eventbus-bridge-reader")  # a group.id; never joined
+        config.update({"enable.auto.commit": False, "enable.auto.offset.store": False})
+        return _KafkaReader(config, starts)
+
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
             config = _client_config(self.config, {}, CONSUMER_ONLY | PRODUCER_ONLY)
@@ -682,16 +718,31 @@ class KafkaTransport(Transport):
         }
 
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the missing topics (broker's default replication factor), then wait until
-        every partition of each has a leader. Blocks up to ``timeout`` seconds."""
+        """Create the missing topics (``replication_factor`` None: the broker's
+        ``default.replication.factor``; ``config``: topic configs), then wait until every
+        partition of each has a leader. Blocks up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         existing = self._metadata(timeout).topics
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             futures = self._admin_client().create_topics(
-                [NewTopic(t, num_partitions=partitions) for t in missing],
+                [
+                    NewTopic(
+                        t,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor or -1,
+                        config=dict(config or {}),
+                    )
+                    for t in missing
+                ],
                 request_timeout=max(timeout, 0.001),
             )
             for topic, future in futures.items():

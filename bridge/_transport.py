@@ -231,12 +231,29 @@ class Transport(ABC):
         revocation (a session that expired) nothing is committed.
         """
 
+    def reader(self, topic: str, *, from_beginning: bool = False) -> Consumer:
+        """Return a consumer of every partition of ``topic`` outside any consumer group:
+        nothing is joined or committed, so nothing of it stays on the broker (``tail``,
+        ``dlq ls``/``show``). It starts at the beginning of each partition with
+        ``from_beginning``, else at the end; ``store`` and ``commit`` do nothing.
+        ``TransportError`` for a missing topic."""
+        raise NotImplementedError(f"{type(self).__name__} has no group-less reader")
+
     @abstractmethod
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the topics that do not exist yet; wait until they exist. Raises
-        ``TransportError`` if that takes longer than ``timeout`` seconds."""
+        """Create the topics that do not exist yet, with ``partitions`` each,
+        ``replication_factor`` replicas (None: the broker's default) and the topic
+        configs ``config`` (``retention.ms``...); wait until they exist. Existing topics
+        are left as they are. Raises ``TransportError`` if that takes longer than
+        ``timeout`` seconds or the broker refuses a setting."""
 
     @abstractmethod
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:
