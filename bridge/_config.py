@@ -24,7 +24,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -314,6 +314,15 @@ class Config:
     source: str = "<defaults>"
     """Where the file came from (its path), for messages."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles (a worker process gets its configuration so): the read-only tables
+        (``MappingProxyType``, which pickle refuses) travel as dicts."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        proxies = [name for name, value in values.items() if isinstance(value, MappingProxyType)]
+        for name in proxies:
+            values[name] = dict(values[name])
+        return (_unpickle_config, (values, proxies))
+
     @property
     def bootstrap(self) -> str:
         """The ``bootstrap.servers`` setting, or "" when none is configured."""
@@ -420,6 +429,12 @@ class Config:
         for route in self.routes:
             lines.append(describe_route(route))
         return lines
+
+
+def _unpickle_config(values: dict[str, Any], proxies: list[str]) -> Config:
+    for name in proxies:
+        values[name] = MappingProxyType(values[name])
+    return Config(**values)
 
 
 def _bus_name(bus: EventBus) -> str:

@@ -3,6 +3,8 @@ how the parent sums their reports into one /healthz and /metrics."""
 
 from __future__ import annotations
 
+import pickle
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -27,6 +29,20 @@ def test_each_worker_is_one_process_without_the_metrics_port() -> None:
     assert one.workers == 1 and one.metrics_port is None
     assert "group.instance.id" not in one.kafka
     assert one.routes == config().routes and one.service == "svc"
+
+
+def test_a_configuration_travels_to_a_worker_unchanged() -> None:
+    original = parse_config(
+        {
+            "bridge": {"service": "svc", "workers": 2, "topic_config": {"retention.ms": 1000}},
+            "kafka": {"bootstrap.servers": "b:9092"},
+            "route": [{"signals": "a.*", "topic": "t", "direction": "in", "retry_delays": [1]}],
+        }
+    )
+    copy = pickle.loads(pickle.dumps(worker_config(original, 0)))
+    assert copy == worker_config(original, 0)
+    assert isinstance(copy.topic_config, MappingProxyType)  # still read-only
+    assert dict(copy.topic_config) == {"retention.ms": "1000"}
 
 
 def test_static_membership_gets_an_instance_id_per_worker() -> None:
