@@ -143,7 +143,8 @@ class Bridge:
         self.transport = transport
         self.service = service
         self.group = group or service
-        self.codec = codec or MsgpackCodec()
+        # One limit: a value may be as large as a record the producer sends (and no more).
+        self.codec = codec or MsgpackCodec(max_size=transport.max_record_size)
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -242,8 +243,15 @@ class Bridge:
 
     @property
     def healthy(self) -> bool:
-        """True while started and ready, and neither the consumer nor the outbox relay died."""
-        return self._state == "running" and self.ready and not self.failed
+        """True while started and ready, neither the consumer nor the outbox relay died,
+        and the outbox relay is not retrying a storage error (disk full)."""
+        outbox = self._outbox
+        return (
+            self._state == "running"
+            and self.ready
+            and not self.failed
+            and (outbox is None or outbox.problem is None)
+        )
 
     @property
     def ready(self) -> bool:
@@ -375,8 +383,11 @@ class Bridge:
     def stop(self) -> None:
         """Stop mirroring; let the running handler finish; commit; flush; close.
 
-        Idempotent. Events emitted after ``stop`` are local only. Records still
-        undelivered after ``drain_timeout`` are reported as delivery failures.
+        Idempotent. Events emitted after ``stop`` began are local only; an emit racing
+        it raises ``BridgeError`` ("bridge ... is stopping"), so every emit that returned
+        is delivered or reported. Returns within about ``drain_timeout`` (the whole
+        drain's budget); records still undelivered then are reported as delivery
+        failures.
         """
         loop = self._loop
         if loop is not None and loop.is_running() and _running_loop() is loop:
@@ -396,6 +407,8 @@ class Bridge:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # One budget for the whole drain: stop returns within about drain_timeout.
+        deadline = time.monotonic() + self.drain_timeout
         self._outbound.detach()
         self._stopping.set()
         inbound = self._inbound
@@ -406,8 +419,8 @@ class Bridge:
             except TransportError as exc:
                 log.error("bridge %s: closing the consumer failed: %s", self.service, exc)
         if self._dead_letters is not None:
-            self._dead_letters.close(self.drain_timeout)
-        self._outbound.close(self.drain_timeout)
+            self._dead_letters.close(max(0.0, deadline - time.monotonic()))
+        self._outbound.close(max(0.0, deadline - time.monotonic()))
         self._dedup.close()
         self._state = "stopped"
         log.info("bridge %s stopped", self.service)
