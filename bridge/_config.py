@@ -24,7 +24,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -240,6 +240,7 @@ BRIDGE_OPTIONS: dict[str, _Option] = {
     "log_level": _str("INFO", _level),
     "metrics_port": _int(None, _port),
     "metrics_host": _str("127.0.0.1", _non_empty),
+    "workers": _int(1, _at_least(1)),
 }
 """Every ``[bridge]`` key: the one table of the options. ``Config``'s defaults come from
 it, and the keys marked ``for_bridge`` are ``Bridge``'s keyword arguments of the same name
@@ -305,12 +306,22 @@ class Config:
     log_level: str = _default("log_level")
     metrics_port: int | None = _default("metrics_port")
     metrics_host: str = _default("metrics_host")
+    workers: int = _default("workers")
     kafka: Mapping[str, KafkaValue] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     optional_handlers: frozenset[Route] = frozenset()
     """Inbound routes whose signals may have no handler (``require_handlers = false``)."""
     source: str = "<defaults>"
     """Where the file came from (its path), for messages."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles (a worker process gets its configuration so): the read-only tables
+        (``MappingProxyType``, which pickle refuses) travel as dicts."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        proxies = [name for name, value in values.items() if isinstance(value, MappingProxyType)]
+        for name in proxies:
+            values[name] = dict(values[name])
+        return (_unpickle_config, (values, proxies))
 
     @property
     def bootstrap(self) -> str:
@@ -388,15 +399,42 @@ class Config:
                 continue
             raise ConfigError(f"{self.source}: [bridge] {key} = {path!r}: {problem}")
 
+    def check_workers(self) -> None:
+        """ConfigError when ``workers`` > 1 cannot work: the worker processes share the
+        partitions of the inbound routes (none: nothing to share), and a SQLite outbox
+        has one owner (an exclusive lock), which N processes cannot share."""
+        if self.workers == 1:
+            return
+        where = f"{self.source}: [bridge] workers = {self.workers}"
+        if not any(route.is_inbound for route in self.routes):
+            raise ConfigError(
+                f"{where}: the workers share the partitions of the inbound routes, and there "
+                "is none: use workers = 1"
+            )
+        if self.outbox is not None:
+            raise ConfigError(
+                f"{where} with outbox = {self.outbox!r}: a SQLite outbox has one owner (an "
+                "exclusive lock), so worker processes cannot share it: use workers = 1 with "
+                "the outbox (or replicas, each with its own outbox file)"
+            )
+
     def describe(self) -> list[str]:
         """Human-readable lines summing up the configuration, secrets masked."""
         lines = [f"service {self.service!r} (group {self.group or self.service!r})"]
         lines.append("modules: " + (", ".join(self.modules) or "(none)"))
+        if self.workers > 1:
+            lines.append(f"workers: {self.workers} processes, one group member each")
         for key, value in sorted(masked(self.kafka).items()):
             lines.append(f"kafka {key} = {value}")
         for route in self.routes:
             lines.append(describe_route(route))
         return lines
+
+
+def _unpickle_config(values: dict[str, Any], proxies: list[str]) -> Config:
+    for name in proxies:
+        values[name] = MappingProxyType(values[name])
+    return Config(**values)
 
 
 def _bus_name(bus: EventBus) -> str:
@@ -550,9 +588,11 @@ def parse_config(
         for route, data in zip(routes, routes_data, strict=True)
         if data.get("require_handlers") is False
     )
-    return Config(
+    config = Config(
         **options, kafka=settings, routes=routes, optional_handlers=optional, source=source
     )
+    config.check_workers()
+    return config
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

@@ -54,9 +54,11 @@ class DaemonError(Exception):
         self.status = status
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr, one line per record, at ``level`` (a logging level name)."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+def configure_logging(level: str, name_suffix: str = "") -> None:
+    """Log to stderr, one line per record, at ``level`` (a logging level name);
+    ``name_suffix`` follows each logger's name (a worker's ``[w1]``)."""
+    fmt = LOG_FORMAT.replace("%(name)s", "%(name)s" + name_suffix.replace("%", "%%"))
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
 
 
 def import_modules(modules: Sequence[str]) -> None:
@@ -164,6 +166,12 @@ def interrupt_on_sigint() -> Any:
     return signal.signal(signal.SIGINT, on_sigint)
 
 
+def request_stop() -> None:
+    """Ask the daemon running in this process to drain and stop, as its first signal
+    would (a worker's parent asks this way: a signal could be the worker's second)."""
+    _stop.set()
+
+
 class Interrupted(Exception):
     """A signal asked the daemon to stop before it was ready: it stops at once."""
 
@@ -201,7 +209,7 @@ def hosted(
         raise Interrupted
     transport = connect(config, transport)
     try:
-        _check_topics(config, transport)
+        check_topics(config, transport)
         try:
             bridge = config.build_bridge(bus, transport)
         except ConfigError as exc:
@@ -217,7 +225,9 @@ def hosted(
         transport.close()
 
 
-def _check_topics(config: Config, transport: Transport) -> None:
+def check_topics(config: Config, transport: Transport) -> None:
+    """DaemonError (status 2) naming the topics that are missing while
+    ``create_topics`` is false."""
     if config.create_topics:
         return
     try:
@@ -233,7 +243,14 @@ def _check_topics(config: Config, transport: Transport) -> None:
         )
 
 
-def run(config: Config, transport: Transport | None = None, bus: EventBus = default_bus) -> int:
+def run(
+    config: Config,
+    transport: Transport | None = None,
+    bus: EventBus = default_bus,
+    *,
+    on_start: Callable[[], object] | None = None,
+    on_bridge: Callable[[Bridge], object] | None = None,
+) -> int:
     """Serve ``config`` until SIGTERM or SIGINT; return the process exit status.
 
     0 after a clean drain, or when stopped by a signal before it was ready (within about
@@ -243,6 +260,11 @@ def run(config: Config, transport: Transport | None = None, bus: EventBus = defa
     the daemon waits for its group's assignment as long as the group needs (a crashed
     member's session must time out first), logging why every ``WAIT_LOG_INTERVAL``
     seconds. A second signal exits at once (128+signal).
+
+    ``config.workers`` > 1: the daemon supervises that many worker processes, each
+    serving ``config`` as above (``bridge._workers``). ``on_start`` is called once the
+    signal handlers are installed, ``on_bridge`` with the bridge before it starts (a
+    worker reports to its parent through them).
     """
     stop = _stop
     stop.clear()
@@ -257,7 +279,13 @@ def run(config: Config, transport: Transport | None = None, bus: EventBus = defa
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _serve(config, transport, bus, stop, received)
+        if on_start is not None:
+            on_start()
+        if config.workers > 1:
+            from ._workers import supervise
+
+            return supervise(config, stop, received)
+        return _serve(config, transport, bus, stop, received, on_bridge)
     except Interrupted:
         log.info("%s received while starting: stopped", _signal_name(received))
         return EXIT_OK
@@ -275,6 +303,7 @@ def _serve(
     bus: EventBus,
     stop: threading.Event,
     received: list[int],
+    on_bridge: Callable[[Bridge], object] | None = None,
 ) -> int:
     log.info(
         "service %s starting (pid %d): %d route(s), kafka %s",
@@ -283,18 +312,13 @@ def _serve(
         len(config.routes),
         ", ".join(f"{k}={v}" for k, v in sorted(masked(config.kafka).items())) or "-",
     )
-    metrics = None
-    if config.metrics_port is not None:
-        # First of all: /healthz answers (503) while the daemon starts.
-        try:
-            metrics = serve_metrics(None, config.metrics_host, config.metrics_port, config.service)
-        except ConfigError as exc:
-            raise DaemonError(str(exc), EXIT_CONFIG) from exc
-        log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+    metrics = start_metrics(config)  # first of all: /healthz answers (503) while starting
 
     def serve_metrics_of(bridge: Bridge) -> None:
         if metrics is not None:
             metrics.bridge = bridge
+        if on_bridge is not None:
+            on_bridge(bridge)
 
     started = time.monotonic()
     stats = None
@@ -329,6 +353,21 @@ def _serve(
     finally:
         if metrics is not None:
             metrics.close()
+
+
+def start_metrics(config: Config, extra: Sequence[Any] = ()) -> MetricsServer | None:
+    """Serve ``/metrics`` and ``/healthz`` (503 until a bridge is set on the server) when
+    ``config`` has a metrics port, with ``extra`` collectors; else None."""
+    if config.metrics_port is None:
+        return None
+    try:
+        metrics = serve_metrics(
+            None, config.metrics_host, config.metrics_port, config.service, extra
+        )
+    except ConfigError as exc:
+        raise DaemonError(str(exc), EXIT_CONFIG) from exc
+    log.info("metrics and health on http://%s:%d/", config.metrics_host, metrics.port)
+    return metrics
 
 
 def _serve_locally(

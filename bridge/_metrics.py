@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
-from ._bridge import Bridge
 from ._errors import ConfigError, TransportError
+from ._routes import Route
+from ._stats import Stats
+from ._transport import Transport
 
 log = logging.getLogger("bridge.metrics")
 INSTALL_HINT = "pip install prometheus-client (the [metrics] extra: pip install '.[metrics]')"
@@ -82,18 +84,39 @@ def require_prometheus() -> Any:
     return prometheus_client
 
 
+class MetricsSource(Protocol):
+    """What the metrics read: a ``Bridge``, or the daemon's workers together
+    (``bridge._workers.WorkerReports``)."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def routes(self) -> tuple[Route, ...]: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+
 DEPTH_TIMEOUT = 2.0
 """Seconds a scrape waits for the dead-letter topics' offsets before it leaves them out."""
 
 
 class BridgeCollector:
-    """Exposes one bridge's ``Stats`` as Prometheus metrics, read at scrape time.
+    """Exposes one bridge's ``Stats`` (or the workers' together) as Prometheus metrics,
+    read at scrape time.
 
     ``bridge`` may be None (the daemon is still starting) and set later: until then only
     ``eventbus_bridge_healthy`` (0) is exposed.
     """
 
-    def __init__(self, bridge: Bridge | None, service: str | None = None) -> None:
+    def __init__(self, bridge: MetricsSource | None, service: str | None = None) -> None:
         self.bridge = bridge
         self.service = service if service is not None else (bridge.service if bridge else "")
         self._core = require_prometheus().core
@@ -140,7 +163,7 @@ class BridgeCollector:
         healthy.add_metric([service], 1.0 if bridge is not None and bridge.healthy else 0.0)
         yield healthy
 
-    def _dead_letter_depth(self, core: Any, labels: list[str], bridge: Bridge) -> Any:
+    def _dead_letter_depth(self, core: Any, labels: list[str], bridge: MetricsSource) -> Any:
         """Records in each dead-letter topic (end minus first offset), from the broker;
         None when it does not answer in ``DEPTH_TIMEOUT`` (the scrape goes on)."""
         topics = list(dict.fromkeys(r.dead_letter_topic for r in bridge.routes if r.is_inbound))
@@ -172,12 +195,19 @@ class MetricsServer:
     """
 
     def __init__(
-        self, bridge: Bridge | None, host: str, port: int, service: str | None = None
+        self,
+        bridge: MetricsSource | None,
+        host: str,
+        port: int,
+        service: str | None = None,
+        extra: Sequence[Any] = (),
     ) -> None:
         prometheus = require_prometheus()
         registry = prometheus.CollectorRegistry()
         collector = BridgeCollector(bridge, service)
         registry.register(collector)
+        for other in extra:  # more collectors (the workers' own metrics)
+            registry.register(other)
         self._collector = collector
         self.local_only = False
         """True for a daemon without routes (no bridge): healthy once it serves."""
@@ -217,12 +247,12 @@ class MetricsServer:
         self._closed = False
 
     @property
-    def bridge(self) -> Bridge | None:
+    def bridge(self) -> MetricsSource | None:
         """The bridge served (None while the daemon starts)."""
         return self._collector.bridge
 
     @bridge.setter
-    def bridge(self, bridge: Bridge | None) -> None:
+    def bridge(self, bridge: MetricsSource | None) -> None:
         self._collector.bridge = bridge
 
     def close(self) -> None:
@@ -233,14 +263,19 @@ class MetricsServer:
 
 
 def serve_metrics(
-    bridge: Bridge | None, host: str, port: int, service: str | None = None
+    bridge: MetricsSource | None,
+    host: str,
+    port: int,
+    service: str | None = None,
+    extra: Sequence[Any] = (),
 ) -> MetricsServer:
     """Serve ``bridge``'s metrics on ``host:port`` (0: a free port, see ``.port``).
 
     ``bridge`` None: not yet built (``/healthz`` 503); set ``.bridge`` once it is.
+    ``extra``: more Prometheus collectors on the same ``/metrics``.
     ConfigError when prometheus-client is missing or the port cannot be bound.
     """
     try:
-        return MetricsServer(bridge, host, port, service)
+        return MetricsServer(bridge, host, port, service, extra)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None

@@ -77,6 +77,11 @@ examples:
   eventbus-bridge run -c message-service.toml --metrics-port 9464 --log-level DEBUG
   EVENTBUS_KAFKA_BOOTSTRAP_SERVERS=kafka:9092 eventbus-bridge run -c message-service.toml
   eventbus-bridge run -c svc.toml --set bridge.max_attempts=5 --set kafka.client.id=svc-1
+  eventbus-bridge run -c message-service.toml --workers 4   # 4 processes, one group
+
+With --workers N (or [bridge] workers), the daemon supervises N worker processes: a
+worker that crashes is restarted, SIGTERM drains them all, and one /metrics and
+/healthz (200 when every worker is healthy) serve the daemon. See docs/operations.md.
 """
 
 CHECK_EPILOG = """\
@@ -280,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics and /healthz on this port (0: any free port); "
         "same as --set bridge.metrics_port=PORT",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N worker processes, each a member of the consumer group (use N cores); "
+        "same as --set bridge.workers=N",
+    )
     run.set_defaults(command=cmd_run)
 
     check = command(
@@ -447,6 +459,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.metrics_port is not None:
         overrides.append(f"bridge.metrics_port={args.metrics_port}")
+    if args.workers is not None:
+        overrides.append(f"bridge.workers={args.workers}")
     if args.log_level:
         overrides.append(f"bridge.log_level={args.log_level}")
     config = load_config(args.config, overrides=overrides)

@@ -165,6 +165,21 @@ CASES = [
         "create_topics = false",
     ),
     (
+        "two workers with static membership (an instance id per worker)",
+        GOOD_IN.replace("[kafka]", 'workers = 2\n[kafka]\n"group.instance.id" = "agree-{id}"'),
+        "ok",
+    ),
+    (
+        "two workers sharing a SQLite outbox",
+        GOOD_IN.replace("[kafka]", 'workers = 2\noutbox = "outbox.db"\n[kafka]'),
+        "a SQLite outbox has one owner",
+    ),
+    (
+        "two workers and no inbound route",
+        GOOD_IN.replace("[kafka]", "workers = 2\n[kafka]").replace('"in"', '"out"'),
+        "the workers share the partitions of the inbound routes, and there is none",
+    ),
+    (
         "routes and no broker",
         GOOD_IN.replace('"bootstrap.servers" = "{bootstrap}"', ""),
         "no broker configured",
