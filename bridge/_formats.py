@@ -497,28 +497,24 @@ def _family(fmt: str) -> str:
 class Writer(Protocol):
     """Writes the events of one or more routes of one format."""
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
-        """The value and the headers of a new record for event ``name``."""
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+        """The value and the headers of a new record for an event of type ``ce_type``
+        (the type on the wire: ``Writers.type_of`` maps the signal name)."""
 
 
 class BinaryWriter:
     """CloudEvents binary mode: the data by ``codec``, the attributes in headers."""
 
-    __slots__ = ("_build", "_encode", "_types")
+    __slots__ = ("_build", "_encode")
 
     def __init__(
-        self,
-        encode: Callable[[Mapping[str, Any]], bytes],
-        headers: HeaderBuilder,
-        types: Mapping[str, str],
+        self, encode: Callable[[Mapping[str, Any]], bytes], headers: HeaderBuilder
     ) -> None:
         self._encode = encode
         self._build = headers.build
-        self._types = types or None
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
-        types = self._types
-        return self._encode(payload), self._build(types.get(name, name) if types else name)
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+        return self._encode(payload), self._build(ce_type)
 
 
 def _trace_headers(headers: Headers) -> Headers:
@@ -533,24 +529,21 @@ def _trace_headers(headers: Headers) -> Headers:
 class StructuredWriter:
     """CloudEvents structured mode: one JSON object with the attributes and ``data``."""
 
-    __slots__ = ("_clock", "_json", "_origin", "_source", "_types")
+    __slots__ = ("_clock", "_json", "_origin", "_source")
 
-    def __init__(
-        self, json: JsonCodec, service: str, origin: str, types: Mapping[str, str]
-    ) -> None:
+    def __init__(self, json: JsonCodec, service: str, origin: str) -> None:
         self._json = json
         self._source = service
         self._origin = origin
-        self._types = types
         self._clock = Clock()
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
         data = self._json.encode(payload)
         attributes: dict[str, Any] = {
             "specversion": "1.0",
             "id": new_event_id().decode(),
             "source": self._source,
-            "type": self._types.get(name, name),
+            "type": ce_type,
             "time": self._clock.now().decode(),
             "datacontenttype": JSON_CONTENT_TYPE,
             "eventbusorigin": self._origin,
@@ -569,19 +562,16 @@ class StructuredWriter:
 class JsonWriter:
     """A plain JSON object (with the type in ``type_field`` if the route names one)."""
 
-    __slots__ = ("_json", "_origin", "_type_field", "_types")
+    __slots__ = ("_json", "_origin", "_type_field")
 
-    def __init__(
-        self, json: JsonCodec, origin: str, type_field: str | None, types: Mapping[str, str]
-    ) -> None:
+    def __init__(self, json: JsonCodec, origin: str, type_field: str | None) -> None:
         self._json = json
         self._origin = origin.encode()
         self._type_field = type_field
-        self._types = types
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
         if self._type_field is not None:
-            payload = {self._type_field: self._types.get(name, name), **payload}
+            payload = {self._type_field: ce_type, **payload}
         return self._json.encode(payload), _trace_headers([(ORIGIN, self._origin)])
 
 
@@ -600,7 +590,7 @@ class GoMicroWriter:
         self._origin = origin
         self._topic = topic
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
         body = base64.b64encode(self._json.encode(payload)).decode("ascii")
         header = {
             "Content-Type": JSON_CONTENT_TYPE,
@@ -628,9 +618,10 @@ def go_message(header: Mapping[str, str], body: str) -> bytes:
 
 
 class Writers:
-    """The writer of each outbound route (routes of the same format share one)."""
+    """The writer of each outbound route (routes of the same format share one), and the
+    type each route writes for a signal name."""
 
-    __slots__ = ("_by_route",)
+    __slots__ = ("_by_route", "_types")
 
     def __init__(
         self, routes: Sequence[Route], codec: MsgpackCodec, service: str, origin: str
@@ -638,37 +629,35 @@ class Writers:
         json = JsonCodec(max_size=codec.max_size, max_depth=codec.max_depth)
         made: dict[tuple[Any, ...], Writer] = {}
         self._by_route: dict[int, Writer] = {}
+        self._types: dict[int, dict[str, str]] = {}
         for route in routes:
             table = route.types if isinstance(route.types, Mapping) else {}
-            types = {signal: foreign for foreign, signal in table.items()}
+            self._types[id(route)] = {signal: foreign for foreign, signal in table.items()}
             topic = route.topic if route.format == "go-micro" else None
-            spec = (route.format, route.content_type, route.type_field, tuple(types.items()), topic)
+            spec = (route.format, route.content_type, route.type_field, topic)
             writer = made.get(spec)
             if writer is None:
-                writer = made[spec] = self._make(route, types, codec, json, service, origin)
+                writer = made[spec] = self._make(route, codec, json, service, origin)
             self._by_route[id(route)] = writer
 
     @staticmethod
     def _make(
-        route: Route,
-        types: dict[str, str],
-        codec: MsgpackCodec,
-        json: JsonCodec,
-        service: str,
-        origin: str,
+        route: Route, codec: MsgpackCodec, json: JsonCodec, service: str, origin: str
     ) -> Writer:
         if route.format == "cloudevents-structured":
-            return StructuredWriter(json, service, origin, types)
+            return StructuredWriter(json, service, origin)
         if route.format == "json":
-            return JsonWriter(json, origin, route.type_field, types)
+            return JsonWriter(json, origin, route.type_field)
         if route.format == "go-micro":
             return GoMicroWriter(json, origin, route.topic)
         if route.content_type == JSON_CONTENT_TYPE:
-            return BinaryWriter(
-                json.encode, HeaderBuilder(service, origin, JSON_CONTENT_TYPE), types
-            )
-        return BinaryWriter(codec.encode, HeaderBuilder(service, origin), types)
+            return BinaryWriter(json.encode, HeaderBuilder(service, origin, JSON_CONTENT_TYPE))
+        return BinaryWriter(codec.encode, HeaderBuilder(service, origin))
 
     def of(self, route: Route) -> Writer:
         """The writer of ``route`` (one of the routes this was made with)."""
         return self._by_route[id(route)]
+
+    def type_of(self, route: Route, name: str) -> str:
+        """The type ``route`` writes for signal ``name`` (its ``types`` map it back)."""
+        return self._types[id(route)].get(name, name)

@@ -416,7 +416,7 @@ def test_routes_of_one_format_share_a_writer_and_types_are_written_foreign() -> 
     c = Route.outbound("x.*", topic="c", content_type="application/json", types={"X/y": "x.y"})
     writers = Writers([a, b, c], MsgpackCodec(), "svc", "origin")
     assert writers.of(a) is writers.of(b) is not writers.of(c)
-    value, headers = writers.of(c).write("x.y", {"n": 1})
+    value, headers = writers.of(c).write(writers.type_of(c, "x.y"), {"n": 1})
     assert json.loads(value) == {"n": 1}
     assert dict(headers)["ce_type"] == b"X/y"
     assert dict(headers)["content-type"] == b"application/json"
