@@ -156,12 +156,12 @@ class CloudEventsReader:
         self._schema = schema
         if self._names is None:
             # read_binary itself, no wrapper: this runs per record.
-            self.read = functools.partial(read_binary, otherwise=self.not_binary)
+            self.read = functools.partial(read_binary, self.not_binary)
         else:
             self.read = self._read_mapped
 
     def _read_mapped(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
-        envelope, payload = read_binary(record, self.not_binary)
+        envelope, payload = read_binary(self.not_binary, record)
         if payload is not None:  # structured mode: mapped already
             return envelope, payload
         name = self._names.name(envelope.type)  # type: ignore[union-attr]
