@@ -126,7 +126,7 @@ def run(path: str, tree: str, n: int) -> None:
 def _total(out: str) -> int:
     with open(out) as f:
         for line in f:
-            if line.startswith("summary:") or line.startswith("totals:"):
+            if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
     raise RuntimeError(f"no totals in {out}")
 
@@ -147,8 +147,9 @@ def ab(old: str, new: str, n: int) -> None:
             started = time.monotonic()
             per[name] = (_count(path, tree, n) - _count(path, tree, 0)) / n
             took = time.monotonic() - started
-            print(f"{path} {name} ({tree}): {per[name] / 1000:.1f}k instructions/record [{took:.0f} s]")
-        print(f"{path}: new is {per['old'] / per['new']:.3f}x of old (>= 0.95 wanted)")
+            print(f"{path} {name} ({tree}): {per[name] / 1000:.1f}k instructions/record", end="")
+            print(f" [{took:.0f} s]", flush=True)
+        print(f"{path}: new is {per['old'] / per['new']:.3f}x of old (>= 0.95 wanted)", flush=True)
 
 
 def main() -> None:

@@ -49,8 +49,11 @@ SchemaOf = Callable[[str], "type[Any] | None"]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+MAX_BATCH_EVENTS = 1000
+"""At most this many events in one batch record; a longer batch is a dead letter."""
 
 _new_envelope = tuple.__new__
+_COMPACT_JSON = json_module.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _STRUCTURED_CORE = frozenset(
     {"specversion", "id", "source", "type", "time", "datacontenttype", "data", "data_base64"}
 )
@@ -102,12 +105,25 @@ class TypeNames:
 # -- readers ------------------------------------------------------------------------------
 
 
+class Batched(Exception):
+    """Raised by a reader for a record that carries several events (CloudEvents batch
+    mode, ``application/cloudevents-batch+json``): ``records`` holds one record per
+    event, in order, in structured mode, with the batch record's position, key and other
+    headers. The bridge handles each like a record of its own and stores the batch
+    record's offset once all of them are done (docs/interoperability.md)."""
+
+    def __init__(self, records: tuple[Record, ...]) -> None:
+        super().__init__(f"a batch of {len(records)} event(s) in CloudEvents batch mode")
+        self.records = records
+
+
 class Reader(Protocol):
     """Reads the records of one topic."""
 
     def read(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
         """The event's envelope (its type mapped to a signal name) and, when reading it
-        needed decoding the value anyway, its payload; else None (see ``decode``)."""
+        needed decoding the value anyway, its payload; else None (see ``decode``).
+        Raises DecodeError, or ``Batched`` for a record of several events."""
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         """The payload of a record whose ``read`` returned None."""
@@ -184,14 +200,31 @@ class CloudEventsReader:
         if media == STRUCTURED_CONTENT_TYPE.encode():
             return self._structured(record)
         if media == BATCH_CONTENT_TYPE.encode():
-            raise DecodeError(
-                f"{BATCH_CONTENT_TYPE} (a batch of events in one record) is not "
-                "supported; send one event per record"
-            )
+            raise Batched(self._batch(record))
         raise DecodeError(
             "not a CloudEvent: no ce_specversion header (binary mode) and content-type "
             f"{content_type[:60].decode(errors='replace')!r} is not "
             f"{STRUCTURED_CONTENT_TYPE} (structured mode)"
+        )
+
+    def _batch(self, record: Record) -> tuple[Record, ...]:
+        """The events of a batch record, each as a record of its own in structured mode."""
+        value = record.value
+        events = self._json.decode_array(
+            value if value is not None else b"",
+            f"a JSON array of CloudEvents ({BATCH_CONTENT_TYPE})",
+        )
+        if len(events) > MAX_BATCH_EVENTS:
+            raise DecodeError(
+                f"a batch of {len(events)} events: at most {MAX_BATCH_EVENTS} per record"
+            )
+        if not all(type(event) is dict for event in events):
+            raise DecodeError(f"a batch item is not a JSON object: expected {BATCH_CONTENT_TYPE}")
+        headers = [h for h in record.headers if h[0] != "content-type"]
+        headers.append(("content-type", STRUCTURED_CONTENT_TYPE.encode()))
+        return tuple(
+            record._replace(value=_COMPACT_JSON.encode(event).encode(), headers=headers)
+            for event in events
         )
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
@@ -607,7 +640,7 @@ class GoMicroWriter:
 
 
 # Go's encoding/json: struct fields in order, map keys sorted, no spaces, UTF-8.
-_GO_JSON = json_module.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_GO_JSON = _COMPACT_JSON
 
 
 def go_message(header: Mapping[str, str], body: str) -> bytes:

@@ -129,6 +129,24 @@ class JsonCodec:
 
     def decode_object(self, data: bytes, expected: str) -> dict[str, Any]:
         """Parse ``data`` as one JSON object; ``expected`` names it in error reasons."""
+        result = self._load(data, expected)
+        if type(result) is not dict:
+            raise DecodeError(f"top level is a JSON {_json_kind(result)}, expected {expected}")
+        for value in result.values():
+            if type(value) in _DECODED_CONTAINERS:
+                self._check_tree(result, DecodeError)
+                break
+        return result
+
+    def decode_array(self, data: bytes, expected: str) -> list[Any]:
+        """Parse ``data`` as one JSON array (of anything, bounded like an object)."""
+        result = self._load(data, expected)
+        if type(result) is not list:
+            raise DecodeError(f"top level is a JSON {_json_kind(result)}, expected {expected}")
+        self._check_tree(result, DecodeError)
+        return result
+
+    def _load(self, data: bytes, expected: str) -> Any:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError(f"value must be bytes, expected {expected}")
         size = len(data)
@@ -149,12 +167,6 @@ class JsonCodec:
             raise DecodeError(f"nesting deeper than max_depth={self.max_depth}") from None
         except ValueError as exc:  # json.JSONDecodeError, or an int over int_max_str_digits
             raise DecodeError(f"malformed JSON: {exc}; expected {expected}") from None
-        if type(result) is not dict:
-            raise DecodeError(f"top level is a JSON {_json_kind(result)}, expected {expected}")
-        for value in result.values():
-            if type(value) in _DECODED_CONTAINERS:
-                self._check_tree(result, DecodeError)
-                break
         return result
 
     def _check_tree(self, payload: Any, error: type[Exception]) -> None:
@@ -187,6 +199,8 @@ class JsonCodec:
 
 
 def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
     if isinstance(value, list):
         return "array"
     if isinstance(value, str):

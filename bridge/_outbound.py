@@ -148,9 +148,7 @@ class Outbound:
         self._cache[(pattern, name)] = targets
         return targets
 
-    def publish(
-        self, name: str, payload: Mapping[str, Any], targets: tuple[_Target, ...]
-    ) -> None:
+    def publish(self, name: str, payload: Mapping[str, Any], targets: tuple[_Target, ...]) -> None:
         """Encode one event and queue it to the route of each of ``targets`` (or to the
         outbox): ``(route, its writer, the type it writes)``, found once per name."""
         producer = self.producer

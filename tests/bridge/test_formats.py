@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import ConfigError, DecodeError, EncodeError, MsgpackCodec, Route
-from bridge._formats import Readers, Writers
+from bridge._formats import MAX_BATCH_EVENTS, Batched, Readers, Writers
 from bridge._json import JsonCodec, restore
 from bridge._transport import Record
 from eventbus import event
@@ -199,11 +199,6 @@ def test_binary_mode_data_by_content_type_or_by_its_look() -> None:
             [("content-type", b"application/json")],
             "not a CloudEvent: no ce_specversion",
         ),
-        (
-            b"[]",
-            [("content-type", b"application/cloudevents-batch+json")],
-            "batch .* not supported",
-        ),
     ],
 )
 def test_binary_mode_refusals_name_what_was_expected(
@@ -365,6 +360,7 @@ header_values = st.sampled_from(
         b"a.b",
         b"application/json",
         b"application/cloudevents+json",
+        b"application/cloudevents-batch+json",
         b"application/vnd.msgpack",
         b"",
         b"\xff",
@@ -388,6 +384,10 @@ header_values = st.sampled_from(
         ).encode(),
         st.dictionaries(st.text(max_size=3), st.text(max_size=3) | st.integers()),
         st.binary(max_size=30) | st.builds(lambda d: json.dumps(d).encode(), json_values),
+    )
+    | st.builds(
+        lambda ds: b"[%s]" % b",".join(structured(data=d) for d in ds),
+        st.lists(st.dictionaries(st.text(max_size=3), json_values) | json_values, max_size=3),
     ),
 )
 def test_every_reader_yields_a_payload_or_a_decode_error(
@@ -399,12 +399,59 @@ def test_every_reader_yields_a_payload_or_a_decode_error(
         "json-field": Route.inbound("**", topic="t", format="json", type_field="type"),
         "go-micro": Route.inbound("a.b", topic="t", format="go-micro"),
     }[kind]
+    r = readers(route, schema=Thing)
     try:
-        envelope, payload = read_all(readers(route, schema=Thing), rec(value, headers))
+        envelope, payload = read_all(r, rec(value, headers))
     except DecodeError:
+        return
+    except Batched as batch:  # each event of a batch: a payload or a decode error
+        assert len(batch.records) <= MAX_BATCH_EVENTS
+        for record in batch.records:
+            with contextlib.suppress(DecodeError):
+                envelope, payload = read_all(r, record)
+                assert type(payload) is dict and isinstance(envelope.id, str)
         return
     assert type(payload) is dict
     assert isinstance(envelope.id, str) and isinstance(envelope.type, str)
+
+
+# -- the cloudevents reader: batch mode ---------------------------------------------------
+
+BATCH = [("content-type", b"application/cloudevents-batch+json"), ("x-app", b"a")]
+
+
+def test_a_batch_is_one_structured_record_per_event_in_order() -> None:
+    r = readers()
+    value = b"[%s, %s]" % (structured(id="e1", data={"n": 1}), structured(id="e2", data={"n": 2}))
+    with pytest.raises(Batched) as caught:
+        r.read(rec(value, BATCH, offset=9))
+    first, second = caught.value.records
+    for record in (first, second):
+        assert (record.topic, record.partition, record.offset) == ("t", 0, 9)
+        assert record.headers == [
+            ("x-app", b"a"),
+            ("content-type", b"application/cloudevents+json"),
+        ]
+    assert [read_all(r, x)[0].id for x in (first, second)] == ["e1", "e2"]
+    assert [read_all(r, x)[1] for x in (first, second)] == [{"n": 1}, {"n": 2}]
+    with pytest.raises(Batched) as caught:
+        r.read(rec(b"[]", BATCH))
+    assert caught.value.records == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{}", "top level is a JSON object, expected a JSON array of CloudEvents"),
+        (b"[1]", "a batch item is not a JSON object"),
+        (b"[" + b",".join([b"{}"] * (MAX_BATCH_EVENTS + 1)) + b"]", "at most 1000 per record"),
+        (b"[" * 40 + b"]" * 40, "nesting deeper than max_depth"),
+        (b"[{}", "malformed JSON"),
+    ],
+)
+def test_batch_refusals_name_what_was_expected(value: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        readers().read(rec(value, BATCH))
 
 
 # -- writers ------------------------------------------------------------------------------
