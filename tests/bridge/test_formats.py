@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from bridge import ConfigError, DecodeError, EncodeError, MsgpackCodec, Route
 from bridge._formats import MAX_BATCH_EVENTS, Batched, Readers, Writers
-from bridge._json import JsonCodec, restore
+from bridge._json import ACCELERATED, JsonCodec, restore
 from bridge._transport import Record
 from eventbus import event
 
@@ -165,6 +165,57 @@ def test_json_round_trip(payload: dict[str, Any]) -> None:
 def test_json_decode_of_arbitrary_bytes_is_a_dict_or_a_decode_error(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         assert type(JsonCodec(max_depth=8).decode(data)) is dict
+
+
+# The json extra (orjson encodes, msgspec decodes) against the stdlib: the same bytes,
+# values and reasons. make test installs the extra.
+with_extra = pytest.mark.skipif(not ACCELERATED, reason="the json extra is not installed")
+any_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.floats()
+    | st.datetimes(timezones=st.none() | st.timezones())
+    | st.dates()
+    | st.uuids()
+    | st.decimals()
+    | st.binary(max_size=8)
+    | st.sampled_from([1e-5, 1.5e-7, -2.5e-10, 1e16, 1e22, 5e-324, 2**64, -(2**63) - 1]),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def outcome(call: Any, *args: Any) -> Any:
+    try:
+        return ("ok", call(*args))
+    except (DecodeError, EncodeError) as exc:
+        return ("error", str(exc))
+
+
+@with_extra
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=8), any_values, max_size=6))
+def test_the_json_extra_writes_the_stdlib_bytes(payload: dict[str, Any]) -> None:
+    fast, stdlib = JsonCodec(max_depth=6), JsonCodec(max_depth=6, accelerate=False)
+    assert outcome(fast.encode, payload) == outcome(stdlib.encode, payload)
+
+
+@with_extra
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.binary(max_size=100)
+    | st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.text(max_size=5), json_values))
+    | st.sampled_from(
+        [b'{"a": 1e400}', b'{"a": "\\ud800"}', b'{"a": NaN}', b'{"a": %d}' % 2**80, b"[1, 2]"]
+    )
+)
+def test_the_json_extra_reads_the_stdlib_values(data: bytes) -> None:
+    fast, stdlib = JsonCodec(max_depth=6), JsonCodec(max_depth=6, accelerate=False)
+    assert outcome(fast.decode, data) == outcome(stdlib.decode, data)
 
 
 # -- the cloudevents reader: binary mode --------------------------------------------------
