@@ -41,6 +41,7 @@ from ._envelope import (
 )
 from ._errors import ConfigError, DecodeError
 from ._json import JSON_CONTENT_TYPE, JsonCodec, is_json_content_type, restore
+from ._retry_topics import RETRY_PREFIX
 from ._routes import Route, TypeRule
 from ._transport import Record
 
@@ -357,14 +358,14 @@ class JsonReader:
             if isinstance(found, (str, int)) and not isinstance(found, bool) and found != "":
                 event_id = str(found)
         if event_id is None:
-            event_id = f"{record.topic}/{record.partition}/{record.offset}"
+            event_id = _position(record)
         at = _record_time(record)
         origin = record.header(ORIGIN)
         envelope = _new_envelope(
             Envelope,
             (
                 event_id,
-                record.topic,
+                _origin_topic(record),
                 name,
                 at,
                 origin.decode(errors="replace") if origin is not None else None,
@@ -425,14 +426,14 @@ class GoMicroReader:
             )
         payload = self._json.decode_object(raw, "a JSON object in Body")
         name = self._signal
-        event_id = header.get("Micro-Id") or f"{record.topic}/{record.partition}/{record.offset}"
+        event_id = header.get("Micro-Id") or _position(record)
         trace = header.get("traceparent")
         state = header.get("tracestate")
         envelope = _new_envelope(
             Envelope,
             (
                 event_id,
-                header.get("Micro-From-Service") or record.topic,
+                header.get("Micro-From-Service") or _origin_topic(record),
                 name,
                 _record_time(record),
                 header.get(GO_MICRO_ORIGIN),
@@ -446,6 +447,22 @@ class GoMicroReader:
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         return self.read(record)[1]  # not reached: read returns the payload
+
+
+def _position(record: Record) -> str:
+    """``topic/partition/offset`` of the record as first read: the id of an event whose
+    format has none. A record on a delayed retry topic names its origin in its headers."""
+    topic = record.header(RETRY_PREFIX + "topic")
+    if topic is not None:
+        partition = record.header(RETRY_PREFIX + "partition") or b"?"
+        offset = record.header(RETRY_PREFIX + "offset") or b"?"
+        return b"/".join((topic, partition, offset)).decode(errors="replace")
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+def _origin_topic(record: Record) -> str:
+    topic = record.header(RETRY_PREFIX + "topic")
+    return topic.decode(errors="replace") if topic is not None else record.topic
 
 
 def _record_time(record: Record) -> str | None:
@@ -501,6 +518,9 @@ class Readers:
                 self._by_topic[topic] = CloudEventsReader(data, json, names, schema)
             else:
                 self._by_topic[topic] = self._default
+            for route in on_topic:  # its delayed retry topics carry the same format
+                for retry_topic in route.retry_topics:
+                    self._by_topic.setdefault(retry_topic, self._by_topic[topic])
         readers = set(self._by_topic.values())
         if len(readers) <= 1:
             # One reader for every topic (the usual case): no lookup per record.
