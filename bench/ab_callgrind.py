@@ -63,7 +63,7 @@ class _NullProducer:
         pass
 
 
-def _stopped_bridge(bridge: Any, eventbus: Any) -> tuple[Any, Any, list[int]]:
+def _stopped_bridge(bridge: Any, eventbus: Any, data: str) -> tuple[Any, Any, list[int]]:
     """A bridge started on the memory transport and stopped again: its Inbound and
     Outbound stay built, with no thread running."""
     bus = eventbus.EventBus()
@@ -73,9 +73,10 @@ def _stopped_bridge(bridge: Any, eventbus: Any) -> tuple[Any, Any, list[int]]:
     def on_user(event: Any) -> None:
         seen[0] += 1
 
+    json_data = {"content_type": "application/json"} if data == "json" else {}
     routes = [
         bridge.Route.inbound("user.created", topic="users"),
-        bridge.Route.outbound("order.placed", topic="orders"),
+        bridge.Route.outbound("order.placed", topic="orders", **json_data),
     ]
     b = bridge.Bridge(bus, transport=bridge.MemoryTransport(), service="ab", routes=routes)
     b.start()
@@ -88,10 +89,16 @@ def _stopped_bridge(bridge: Any, eventbus: Any) -> tuple[Any, Any, list[int]]:
     return bus, inbound, seen
 
 
-def _records(bridge: Any, n: int) -> list[Any]:
+def _records(bridge: Any, n: int, data: str) -> list[Any]:
     from bridge._transport import Record
 
-    codec = bridge.MsgpackCodec()
+    if data == "json":
+        from bridge._json import JsonCodec
+
+        codec = JsonCodec()
+    else:
+        codec = bridge.MsgpackCodec()
+    content_type = b"application/json" if data == "json" else b"application/vnd.msgpack"
     records = []
     for i in range(n):
         headers = [
@@ -100,7 +107,7 @@ def _records(bridge: Any, n: int) -> list[Any]:
             ("ce_source", b"users-service"),
             ("ce_type", b"user.created"),
             ("ce_time", b"2026-12-02T00:00:00.%06dZ" % (i % 1_000_000)),
-            ("content-type", b"application/vnd.msgpack"),
+            ("content-type", content_type),
             ("eventbus-origin", b"0b9f3c3e-0000-4000-8000-000000000001"),
         ]
         value = codec.encode({"user_id": i, "name": "Ada Lovelace", "email": "ada@example.org"})
@@ -108,11 +115,13 @@ def _records(bridge: Any, n: int) -> list[Any]:
     return records
 
 
-def run(path: str, tree: str, n: int) -> None:
+def run(path: str, tree: str, n: int, data: str, no_extra: bool) -> None:
+    if no_extra:  # the json extra absent: the stdlib json module only
+        sys.modules["orjson"] = sys.modules["msgspec"] = None  # type: ignore[assignment]
     bridge, eventbus = _import(tree)
-    bus, inbound, seen = _stopped_bridge(bridge, eventbus)
+    bus, inbound, seen = _stopped_bridge(bridge, eventbus, data)
     if path == "inbound":
-        records = _records(bridge, n)
+        records = _records(bridge, n, data)
         batch = 100
         for start in range(0, n, batch):
             inbound._handle_batch(records[start : start + batch])
@@ -131,11 +140,12 @@ def _total(out: str) -> int:
     raise RuntimeError(f"no totals in {out}")
 
 
-def _count(path: str, tree: str, n: int) -> int:
+def _count(path: str, tree: str, n: int, *flags: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
         cmd += [sys.executable, os.path.abspath(__file__), path, "--tree", tree, "--n", str(n)]
+        cmd += flags
         subprocess.run(cmd, check=True, capture_output=True)
         return _total(out)
 
@@ -152,19 +162,34 @@ def ab(old: str, new: str, n: int) -> None:
         print(f"{path}: new is {per['old'] / per['new']:.3f}x of old (>= 0.95 wanted)", flush=True)
 
 
+def extra(tree: str, n: int) -> None:
+    """JSON data (``content_type="application/json"``) with the json extra and without."""
+    for path in ("inbound", "outbound"):
+        per = {}
+        for name, without in (("stdlib", ("--no-extra",)), ("extra", ())):
+            flags = ("--data", "json", *without)
+            per[name] = (_count(path, tree, n, *flags) - _count(path, tree, 0, *flags)) / n
+            print(f"{path} json, {name}: {per[name] / 1000:.1f}k instructions/record", flush=True)
+        print(f"{path} json: {per['stdlib'] / per['extra']:.3f}x with the extra", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("path", choices=("inbound", "outbound", "ab"))
+    parser.add_argument("path", choices=("inbound", "outbound", "ab", "extra"))
     parser.add_argument("old", nargs="?", help="ab: the old tree")
     parser.add_argument("--tree", default=HERE)
     parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--data", choices=("msgpack", "json"), default="msgpack")
+    parser.add_argument("--no-extra", action="store_true", help="block orjson and msgspec")
     args = parser.parse_args()
-    if args.path == "ab":
+    if args.path == "extra":
+        extra(os.path.abspath(args.tree), args.n)
+    elif args.path == "ab":
         if not args.old:
             parser.error("ab needs the old tree")
         ab(os.path.abspath(args.old), os.path.abspath(args.tree), args.n)
     else:
-        run(args.path, os.path.abspath(args.tree), args.n)
+        run(args.path, os.path.abspath(args.tree), args.n, args.data, args.no_extra)
 
 
 if __name__ == "__main__":

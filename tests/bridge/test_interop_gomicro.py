@@ -142,6 +142,16 @@ def test_the_go_peer_checks_the_vectors(gomicro_peer: Path) -> None:
     assert line == f"ok {len(VECTORS['valid'])} valid, {len(VECTORS['invalid'])} invalid"
 
 
+def test_the_go_peer_checks_the_json_data_vectors(gomicro_peer: Path) -> None:
+    """vectors-json.json: each valid value read by Go's encoding/json as its payload (the
+    typed values as their documented strings), each invalid one refused by a Go reader
+    with the bounds docs/wire-format.md asks for."""
+    path = Path(__file__).parent / "vectors-json.json"
+    vectors = json.loads(path.read_text("utf-8"))
+    [line] = peer(gomicro_peer, "json-vectors", str(path))
+    assert line == f"ok {len(vectors['valid'])} valid, {len(vectors['invalid'])} invalid"
+
+
 def _read(value: str) -> tuple[Any, dict[str, Any]]:
     readers = Readers(
         [Route.inbound("message.student", topic="t", format="go-micro")],
