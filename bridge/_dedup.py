@@ -75,6 +75,26 @@ class MemoryDedup:
 
 
 _PRUNE_EVERY = 1000  # adds between two prunes of expired and surplus ids
+_BUSY_TIMEOUT = 10.0  # seconds a process waits for another one's lock on the store
+
+
+def _enable_wal(db: sqlite3.Connection) -> None:
+    """Switch ``db`` to WAL, waiting (bounded) while another process creates the file.
+
+    Two processes opening one fresh file race for the switch, and SQLite answers the loser
+    "database is locked" at once, without its busy handler: retry until ``_BUSY_TIMEOUT``.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 class SqliteDedup:
@@ -105,9 +125,10 @@ class SqliteDedup:
         self.window = window
         self.size = size
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(
+                path, timeout=_BUSY_TIMEOUT, check_same_thread=False, isolation_level=None
+            )
+            _enable_wal(self._db)
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS handled (id TEXT PRIMARY KEY, at REAL NOT NULL)"

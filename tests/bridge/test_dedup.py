@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -126,3 +128,34 @@ def test_a_restarted_bridge_does_not_handle_a_redelivered_event_again(
         assert calls == [1] and second.stats.duplicates == 1
     else:
         assert calls == [1, 1] and second.stats.duplicates == 0
+
+
+def _open_and_add(path: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        store = SqliteDedup(path, window=60, size=100)
+        store.add(f"id-{os.getpid()}")
+        store.close()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))
+
+
+def test_processes_opening_one_fresh_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # Two daemons started together on one dedup_path: SQLite answers the loser of the WAL
+    # switch "database is locked" at once; the store waits for the lock instead.
+    ctx = multiprocessing.get_context("fork")
+    outcomes: list[str] = []
+    for trial in range(40):
+        path = str(tmp_path / f"dedup-{trial}.db")
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_add, args=(path, barrier, results)) for _ in range(3)]
+        for proc in procs:
+            proc.start()
+        outcomes += [results.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        store = SqliteDedup(path, window=60, size=100)
+        assert all(store.seen(f"id-{proc.pid}") for proc in procs)
+        store.close()
+    assert outcomes == ["ok"] * len(outcomes)
