@@ -5,6 +5,7 @@
 //	peer subscribe <bootstrap> <topic> <count>      print each message's Header and Body, one JSON line each
 //	peer vectors <file>                             check the go-micro test vectors
 //	peer json-vectors <file>                        check the JSON data vectors (vectors-json.json)
+//	peer msgpack-vectors <file>                     check the msgpack vectors (vectors.json, msgpack.go)
 //
 // Used by tests/bridge/test_interop_gomicro.py; see docs/interoperability.md.
 package main
@@ -393,6 +394,8 @@ func main() {
 		vectors(os.Args[2])
 	case "json-vectors":
 		jsonVectors(os.Args[2])
+	case "msgpack-vectors":
+		msgpackVectors(os.Args[2])
 	default:
 		fail("unknown command %s", os.Args[1])
 	}
