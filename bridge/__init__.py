@@ -34,10 +34,10 @@ from ._stats import RouteRetries, Stats
 from ._transport import Consumer, Producer, Record, Transport
 
 if _typing.TYPE_CHECKING:
-    from ._sql_outbox import SqlOutbox, outbox_notify_ddl, outbox_table
+    from ._sql_outbox import SqlOutbox, outbox_dead_letter_table, outbox_notify_ddl, outbox_table
 
 # These need SQLAlchemy (the [sql] extra): imported on first use, not with the package.
-_SQL = ("SqlOutbox", "outbox_notify_ddl", "outbox_table")
+_SQL = ("SqlOutbox", "outbox_dead_letter_table", "outbox_notify_ddl", "outbox_table")
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -88,6 +88,7 @@ __all__ = [
     "dump_asyncapi",
     "hosted",
     "load_config",
+    "outbox_dead_letter_table",
     "outbox_notify_ddl",
     "outbox_table",
     "trace_context",

@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from eventbus import EventBus
@@ -27,6 +28,7 @@ from ._outbound import DeliveryFailureCallback, Outbound
 from ._retry_topics import RetryTopics
 from ._routes import Route
 from ._stats import Stats
+from ._topic_config import DEAD_LETTER_TOPIC_CONFIG, normalize_topic_config, topic_config_problem
 from ._tracing import tracing_for
 from ._transport import Transport
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from ._outbox_base import BaseOutbox
 
 log = logging.getLogger("bridge")
+_NO_CONFIG: Mapping[str, str] = MappingProxyType({})
 
 NO_ASSIGNMENT = (
     "no partition assignment from group {group!r}: the group is rebalancing, or a member "
@@ -70,6 +73,11 @@ class Bridge:
     ``QueueFullError``. ``dedup_path``, a SQLite file, keeps the handled event ids across
     restarts (effectively-once handling of redelivered events within ``dedup_window``).
 
+    Topics (``create_topics``): the missing route, retry and dead-letter topics are
+    created at start with ``partitions``, ``replication_factor`` (None: the broker's) and
+    the Kafka topic configs ``topic_config``; dead-letter topics ``dead_letter_topic_config``
+    on top (default: 28 days' retention; docs/operations.md#topics-the-bridge-creates).
+
     Tracing (docs/operations.md#traces): with ``opentelemetry-api`` installed (the
     ``otel`` extra) and a tracer provider configured globally before the bridge is made,
     or given as ``tracer_provider``, each outbound record gets a PRODUCER span and each
@@ -97,6 +105,9 @@ class Bridge:
         dedup_path: str | None = None,
         create_topics: bool = True,
         partitions: int = 1,
+        replication_factor: int | None = None,
+        topic_config: Mapping[str, str | int | bool] = _NO_CONFIG,
+        dead_letter_topic_config: Mapping[str, str | int | bool] = DEAD_LETTER_TOPIC_CONFIG,
         ready_timeout: float = 30.0,
         drain_timeout: float = 30.0,
         batch_size: int = 100,
@@ -117,11 +128,23 @@ class Bridge:
             raise ConfigError("unrouted must be 'skip' or 'dlq'")
         if partitions < 1 or batch_size < 1 or concurrency < 1:
             raise ConfigError("partitions, batch_size and concurrency must be at least 1")
+        if replication_factor is not None and replication_factor < 1:
+            raise ConfigError("replication_factor must be at least 1 (None: the broker's default)")
+        self.topic_config = normalize_topic_config(topic_config)
+        self.dead_letter_topic_config = normalize_topic_config(dead_letter_topic_config)
+        for name, settings in (
+            ("topic_config", self.topic_config),
+            ("dead_letter_topic_config", self.dead_letter_topic_config),
+        ):
+            problem = topic_config_problem(settings)
+            if problem:
+                raise ConfigError(f"{name}: {problem}")
         self.bus = bus
         self.transport = transport
         self.service = service
         self.group = group or service
-        self.codec = codec or MsgpackCodec()
+        # One limit: a value may be as large as a record the producer sends (and no more).
+        self.codec = codec or MsgpackCodec(max_size=transport.max_record_size)
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -129,6 +152,7 @@ class Bridge:
         self.on_delivery_failure = on_delivery_failure
         self.create_topics = create_topics
         self.partitions = partitions
+        self.replication_factor = replication_factor
         self.ready_timeout = ready_timeout
         self.drain_timeout = drain_timeout
         self.batch_size = batch_size
@@ -193,10 +217,41 @@ class Bridge:
         names += [t for r in self._in_routes for t in r.retry_topics]
         return list(dict.fromkeys(names))
 
+    def _create_topics(self, deadline: float) -> None:
+        """Create the missing topics: ``partitions``, ``replication_factor`` and
+        ``topic_config`` each; dead-letter topics ``dead_letter_topic_config`` on top."""
+        letters = {r.dead_letter_topic for r in self._in_routes}
+        routes = [t for t in self.topics if t not in letters]
+        for topics, config in (
+            (routes, self.topic_config),
+            (
+                [t for t in self.topics if t in letters],
+                {
+                    **self.topic_config,
+                    **self.dead_letter_topic_config,
+                },
+            ),
+        ):
+            if topics:
+                self.transport.ensure_topics(
+                    topics,
+                    self.partitions,
+                    max(0.1, deadline - time.monotonic()),
+                    replication_factor=self.replication_factor,
+                    config=config,
+                )
+
     @property
     def healthy(self) -> bool:
-        """True while started and ready, and neither the consumer nor the outbox relay died."""
-        return self._state == "running" and self.ready and not self.failed
+        """True while started and ready, neither the consumer nor the outbox relay died,
+        and the outbox relay is not retrying a storage error (disk full)."""
+        outbox = self._outbox
+        return (
+            self._state == "running"
+            and self.ready
+            and not self.failed
+            and (outbox is None or outbox.problem is None)
+        )
 
     @property
     def ready(self) -> bool:
@@ -235,7 +290,7 @@ class Bridge:
         try:
             deadline = time.monotonic() + self.ready_timeout
             if self.create_topics:
-                self.transport.ensure_topics(self.topics, self.partitions, self.ready_timeout)
+                self._create_topics(deadline)
             self._outbound.open(self.topics, max(0.1, deadline - time.monotonic()))
             if self._in_routes:
                 self._start_inbound(deadline if wait else None)
@@ -328,8 +383,11 @@ class Bridge:
     def stop(self) -> None:
         """Stop mirroring; let the running handler finish; commit; flush; close.
 
-        Idempotent. Events emitted after ``stop`` are local only. Records still
-        undelivered after ``drain_timeout`` are reported as delivery failures.
+        Idempotent. Events emitted after ``stop`` began are local only; an emit racing
+        it raises ``BridgeError`` ("bridge ... is stopping"), so every emit that returned
+        is delivered or reported. Returns within about ``drain_timeout`` (the whole
+        drain's budget); records still undelivered then are reported as delivery
+        failures.
         """
         loop = self._loop
         if loop is not None and loop.is_running() and _running_loop() is loop:
@@ -349,6 +407,8 @@ class Bridge:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # One budget for the whole drain: stop returns within about drain_timeout.
+        deadline = time.monotonic() + self.drain_timeout
         self._outbound.detach()
         self._stopping.set()
         inbound = self._inbound
@@ -359,8 +419,8 @@ class Bridge:
             except TransportError as exc:
                 log.error("bridge %s: closing the consumer failed: %s", self.service, exc)
         if self._dead_letters is not None:
-            self._dead_letters.close(self.drain_timeout)
-        self._outbound.close(self.drain_timeout)
+            self._dead_letters.close(max(0.0, deadline - time.monotonic()))
+        self._outbound.close(max(0.0, deadline - time.monotonic()))
         self._dedup.close()
         self._state = "stopped"
         log.info("bridge %s stopped", self.service)

@@ -33,6 +33,7 @@ from uuid import UUID
 import msgpack  # type: ignore[import-untyped]
 
 from ._errors import DecodeError, EncodeError
+from ._transport import MESSAGE_MAX_BYTES
 
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
@@ -247,7 +248,7 @@ class MsgpackCodec:
     def __init__(
         self,
         *,
-        max_size: int = 1 << 20,
+        max_size: int = MESSAGE_MAX_BYTES,
         max_depth: int = 32,
         max_str_len: int | None = None,
         max_bin_len: int | None = None,

@@ -21,14 +21,17 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import ConfigError
 from ._routes import Route
+from ._topic_config import DEAD_LETTER_TOPIC_CONFIG, normalize_topic_config, topic_config_problem
 
 if TYPE_CHECKING:
     from eventbus import EventBus
@@ -77,6 +80,7 @@ class _Option:
     check: Callable[[Any], bool]  # is a file (TOML) value of the right type?
     rule: Callable[[Any], str | None] = lambda _v: None  # extra constraint: error or None
     bridge: bool = False  # a keyword argument of ``Bridge`` too (same name, same default)
+    convert: Callable[[Any], Any] = lambda v: v  # a checked value -> the value used
 
     def for_bridge(self) -> _Option:
         return replace(self, bridge=True)
@@ -164,6 +168,39 @@ def _level(v: Any) -> str | None:
     return None if v.upper() in LOG_LEVELS else "must be one of " + ", ".join(LOG_LEVELS)
 
 
+def _text_table(text: str) -> dict[str, Any]:
+    """``{"retention.ms": 86400000}`` (JSON) or ``retention.ms=86400000,cleanup.policy=delete``."""
+    text = text.strip()
+    if text.startswith("{"):
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(text)
+        return value
+    table: dict[str, Any] = {}
+    # a comma before the next "name=" separates settings; others are in a value
+    for part in filter(None, (p.strip() for p in re.split(r",(?=\s*[\w.]+\s*=)", text))):
+        name, sep, item = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(text)
+        table[name.strip()] = item.strip()
+    return table
+
+
+def _replication(v: Any) -> str | None:
+    return None if v is None or v >= 1 else "must be at least 1 (or unset: the broker's default)"
+
+
+def _topic_config(default: Mapping[str, str]) -> _Option:
+    return _Option(
+        "a table of Kafka topic configs",
+        MappingProxyType(dict(default)),
+        _text_table,
+        lambda v: isinstance(v, Mapping),
+        topic_config_problem,
+        convert=lambda v: MappingProxyType(normalize_topic_config(v)),
+    ).for_bridge()
+
+
 def _str(default: str | None, rule: Callable[[Any], str | None] = lambda _v: None) -> _Option:
     return _Option("a string", default, str, lambda v: isinstance(v, str), rule)
 
@@ -190,6 +227,9 @@ BRIDGE_OPTIONS: dict[str, _Option] = {
         "a boolean", True, _text_bool, lambda v: isinstance(v, bool), bridge=True
     ),
     "partitions": _int(1, _at_least(1)).for_bridge(),
+    "replication_factor": _int(None, _replication).for_bridge(),
+    "topic_config": _topic_config({}),
+    "dead_letter_topic_config": _topic_config(DEAD_LETTER_TOPIC_CONFIG),
     "ready_timeout": _float(30.0, _at_least(0)).for_bridge(),
     "drain_timeout": _float(30.0, _at_least(0)).for_bridge(),
     "batch_size": _int(100, _at_least(1)).for_bridge(),
@@ -250,6 +290,11 @@ class Config:
     unrouted: Literal["skip", "dlq"] = _default("unrouted")
     create_topics: bool = _default("create_topics")
     partitions: int = _default("partitions")
+    replication_factor: int | None = _default("replication_factor")
+    topic_config: Mapping[str, str] = field(default_factory=lambda: _default("topic_config"))
+    dead_letter_topic_config: Mapping[str, str] = field(
+        default_factory=lambda: _default("dead_letter_topic_config")
+    )
     ready_timeout: float = _default("ready_timeout")
     drain_timeout: float = _default("drain_timeout")
     batch_size: int = _default("batch_size")
@@ -568,6 +613,7 @@ def _checked_option(key: str, value: Any, where: str) -> Any:
         )
     if option.type_name == "a number":
         value = float(value)
+    value = option.convert(value)
     problem = option.rule(value)
     if problem:
         raise ConfigError(f"{where}: {problem}, got {value!r}")

@@ -5,9 +5,10 @@ The operator's side of ``_dead_letters`` (``eventbus-bridge dlq ls|show|replay``
 * ``read_dead_letter`` decodes one dead letter (envelope, payload, ``eventbus-dlq-*``
   headers) and never raises: what cannot be decoded is reported in ``problem``;
 * ``Selection`` is the filters (type, reason, handler, time, partition and offsets);
-* ``TopicReader`` reads a topic as a consumer group from the group's position up to the
-  end offsets taken when it starts, so a read ends, and a dead letter written meanwhile
-  (by the replay itself, say) waits for the next one;
+* ``TopicReader`` reads a topic as a consumer group from the group's position (or, with
+  no group, from the start without a trace on the broker) up to the end offsets taken
+  when it starts, so a read ends, and a dead letter written meanwhile (by the replay
+  itself, say) waits for the next one;
 * ``summarize`` counts a topic's dead letters (``dlq ls``);
 * ``Replay`` sends the selected dead letters again, to their original topic or straight
   to the service's handlers, as a consumer group of its own: an interrupted replay run
@@ -26,7 +27,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -217,7 +217,9 @@ class TopicReader:
     """Reads ``topic`` as a member of ``group`` up to the end offsets it finds at the start.
 
     Iterate over it for the records; ``store`` marks one done (committed by ``commit`` and
-    on ``close``). A new group starts at the beginning of the topic. ``TransportError``
+    on ``close``). A new group starts at the beginning of the topic. ``group`` None: from
+    the beginning in no group (``Transport.reader``): nothing committed, no group left on
+    the broker (``dlq ls``, ``show``, ``purge``). ``TransportError``
     when the broker does not answer, or no record comes for ``timeout`` seconds while
     some are still due. Stops early once ``stop`` is set. Use it as a context manager.
     """
@@ -226,7 +228,7 @@ class TopicReader:
         self,
         transport: Transport,
         topic: str,
-        group: str,
+        group: str | None,
         *,
         timeout: float = 10.0,
         stop: threading.Event | None = None,
@@ -238,7 +240,11 @@ class TopicReader:
         self.timeout = timeout
         self._transport = transport
         self._stop = stop or threading.Event()
-        self._consumer: Consumer = transport.consumer(group, [topic], from_beginning=True)
+        self._consumer: Consumer = (
+            transport.reader(topic, from_beginning=True)
+            if group is None
+            else transport.consumer(group, [topic], from_beginning=True)
+        )
         self.ends: dict[int, int] = {}
         self.starts: dict[int, int] = {}
         try:
@@ -313,9 +319,8 @@ def read_topic(
     timeout: float = 10.0,
     stop: threading.Event | None = None,
 ) -> Iterator[DeadLetterInfo]:
-    """Every dead letter of ``topic`` now, oldest first per partition (a throwaway group)."""
-    group = f"eventbus-bridge-dlq-{uuid.uuid4().hex}"
-    with TopicReader(transport, topic, group, timeout=timeout, stop=stop) as reader:
+    """Every dead letter of ``topic`` now, oldest first per partition (in no group)."""
+    with TopicReader(transport, topic, None, timeout=timeout, stop=stop) as reader:
         for record in reader:
             yield read_dead_letter(record, codec)
 
@@ -685,8 +690,7 @@ def plan_purge(
     marks = transport.watermarks(topic, timeout)
     cut = {p: high for p, (_low, high) in marks.items()}
     if until is not None:
-        group = f"eventbus-bridge-dlq-{uuid.uuid4().hex}"
-        with TopicReader(transport, topic, group, timeout=timeout) as reader:
+        with TopicReader(transport, topic, None, timeout=timeout) as reader:
             open_partitions = set(cut)
             for record in reader:
                 if record.partition in open_partitions:

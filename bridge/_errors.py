@@ -38,11 +38,14 @@ class DecodeError(BridgeError, ValueError):
 
 
 class TransportError(BridgeError):
-    """The transport (broker or client) failed. ``retriable`` says whether to retry."""
+    """The transport (broker or client) failed. ``retriable`` says whether to retry;
+    ``permanent``: the broker (or the client) refused this record for good (too large,
+    an invalid or unauthorized topic), so that sending it again cannot succeed."""
 
-    def __init__(self, message: str, *, retriable: bool = False) -> None:
+    def __init__(self, message: str, *, retriable: bool = False, permanent: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.permanent = permanent
 
 
 class QueueFullError(TransportError):

@@ -6,6 +6,9 @@ it and drops echoes of this bridge, unrouted types and duplicates; the handlers 
 ``Remote`` sender; the handlers that failed are retried with backoff, and what still
 fails is dead-lettered; only then does the record's offset count as done.
 
+The consumer reads ahead and hands the records out partition by partition in turn
+(``_interleave``): one partition's backlog does not hold the others back.
+
 With ``concurrency=1`` (the default) the consumer thread does all of it, one record after
 another, and stores each partition's offset once per batch. With ``concurrency=N``, up to
 N records are handled at once on a worker pool (or as tasks on the event loop): records
@@ -44,6 +47,7 @@ from ._dedup import DedupStore
 from ._envelope import MSGPACK, Envelope, trace_context
 from ._errors import DecodeError
 from ._formats import Batched, Readers
+from ._interleave import Interleaved
 from ._remote import Remote
 from ._rerun import RERUN_ID, RerunError, read_rerun
 from ._retry_topics import Redo, RetryTopics
@@ -113,7 +117,7 @@ class Inbound:
         tracing: Tracing | None = None,
     ) -> None:
         self.bus = bus
-        self.consumer = consumer
+        self.consumer = Interleaved(consumer, batch_size)  # partitions in turn
         self.service = service
         self.bridge_id = bridge_id
         self.routes = tuple(r for r in routes if r.is_inbound)
@@ -170,7 +174,9 @@ class Inbound:
 
     def on_revoke(self, partitions: list[Partition]) -> None:
         """The transport's revocation callback: finish or abandon the records of
-        ``partitions`` being handled, and store their watermarks (then committed)."""
+        ``partitions`` being handled, and store their watermarks (then committed); drop
+        what was read ahead of them."""
+        self.consumer.drop(partitions)
         if self._scheduler is not None:
             self._scheduler.revoke(partitions, self.drain_timeout)
 

@@ -43,6 +43,7 @@ from typing import Any, Final
 from uuid import UUID
 
 from ._errors import DecodeError, EncodeError
+from ._transport import MESSAGE_MAX_BYTES
 
 try:  # the json extra
     import orjson
@@ -130,7 +131,7 @@ class JsonCodec:
     content_type: str = JSON_CONTENT_TYPE
 
     def __init__(
-        self, *, max_size: int = 1 << 20, max_depth: int = 32, accelerate: bool = True
+        self, *, max_size: int = MESSAGE_MAX_BYTES, max_depth: int = 32, accelerate: bool = True
     ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")

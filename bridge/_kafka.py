@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from confluent_kafka.cimpl import NewTopic
 from ._errors import ConfigError, QueueFullError, TransportError
 from ._throttle import LogThrottle
 from ._transport import (
+    MESSAGE_MAX_BYTES,
     Consumer,
     DeliveryCallback,
     FailureCallback,
@@ -172,10 +174,38 @@ def where(record: Record) -> str:
     return f"{record.topic}[{record.partition}]@{record.offset}"
 
 
+_PURGE_WAIT = 1.0
+"""Seconds ``close`` waits for the failure reports of the records it purged."""
+_PURGE_SERVE = 60.0
+"""Seconds its background thread goes on serving those reports (then: the process ends)."""
+
+# Refusals of one record that no retry changes: the broker (or the client) will refuse it
+# again. ``KafkaError.retriable()`` cannot tell: a delivery report's error is made from
+# its code alone, and says False for every code.
+_REFUSED = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,  # over message.max.bytes (client) / max.message.bytes
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.TOPIC_EXCEPTION,  # an invalid topic name
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    }
+)
+
+
+def _error(err: KafkaError, message: str) -> TransportError:
+    """A ``TransportError`` for ``err``, ``permanent`` for a refusal no retry changes."""
+    return TransportError(
+        message, retriable=err.retriable(), permanent=err.code() in _REFUSED and not err.fatal()
+    )
+
+
 def _translate(exc: KafkaException, what: str) -> TransportError:
     err = exc.args[0] if exc.args else None
     if isinstance(err, KafkaError):
-        return TransportError(f"{what}: {err.str()}", retriable=err.retriable())
+        return _error(err, f"{what}: {err.str()}")
     return TransportError(f"{what}: {exc}")
 
 
@@ -221,7 +251,7 @@ def _delivered(
     if err is None:
         callback(None, record)
     else:
-        callback(TransportError(str(err), retriable=err.retriable()), record)
+        callback(_error(err, str(err)), record)
 
 
 def _failed(callback: FailureCallback, err: KafkaError | None, msg: Any) -> None:
@@ -234,7 +264,7 @@ def _failed(callback: FailureCallback, err: KafkaError | None, msg: Any) -> None
     record = _new_record(
         Record, (msg.topic(), msg.partition(), -1, msg.key(), msg.value(), (), None)
     )
-    callback(TransportError(str(err), retriable=err.retriable()), record)
+    callback(_error(err, str(err)), record)
 
 
 class _KafkaProducer(Producer):
@@ -346,12 +376,32 @@ class _KafkaProducer(Producer):
         self._closed = True
         left = self.flush(timeout)
         if left:
-            # Fail what is left so every record still gets its (failed) delivery report.
             log.error("closing the producer: %d record(s) not delivered in %ss", left, timeout)
+            # Fail what is left so every record still gets its (failed) delivery report.
+            # Each report is a Python callback that waits for the GIL: with threads
+            # emitting meanwhile, 15k of them took minutes (a stop of 295 s with 8
+            # emitting threads). So they are served by a thread of their own, waited
+            # for ``_PURGE_WAIT`` s at most: late, but never not at all.
             self._producer.purge()
-            # Purged records in flight are reported once the broker threads let go of
-            # them: nothing is sent any more, so this returns as soon as they are.
-            self._producer.flush(5.0)
+            server = threading.Thread(
+                target=self._serve_purged, name="bridge-producer-close", daemon=True
+            )
+            server.start()
+            server.join(_PURGE_WAIT)
+            if server.is_alive():
+                log.warning(
+                    "closing the producer: the failure reports of %d record(s) are served "
+                    "in the background",
+                    len(self._producer),
+                )
+
+    def _serve_purged(self) -> None:
+        deadline = time.monotonic() + _PURGE_SERVE
+        while len(self._producer) and time.monotonic() < deadline:
+            try:
+                self._producer.flush(0.5)
+            except Exception:  # a callback raised: the others still get theirs
+                log.exception("serving the reports of purged records failed")
 
 
 class _KafkaConsumer(Consumer):
@@ -589,6 +639,32 @@ class _KafkaConsumer(Consumer):
             raise _translate(exc, "closing the consumer failed") from exc
 
 
+class _KafkaReader(_KafkaConsumer):
+    """``KafkaTransport.reader``: fixed partitions and start offsets, no group."""
+
+    def __init__(self, config: dict[str, Any], starts: Mapping[tuple[str, int], int]) -> None:
+        try:
+            self._consumer = confluent_kafka.Consumer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"bad Kafka consumer config: {exc}") from exc
+        self._on_assign = self._on_revoke = None
+        self._assigned = set(starts)
+        self._starts = dict(starts)
+        self._closed = False
+        try:
+            self._consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        except KafkaException as exc:
+            self._consumer.close()
+            raise _translate(exc, "cannot assign the partitions") from exc
+        self._ready = True
+
+    def store(self, record: Record) -> None:
+        pass  # nothing is committed: no group
+
+    def commit(self) -> None:
+        pass
+
+
 class KafkaTransport(Transport):
     """A transport over a Kafka cluster through confluent-kafka (see the module docstring).
 
@@ -620,6 +696,14 @@ class KafkaTransport(Transport):
     def bootstrap(self) -> str:
         """The configured ``bootstrap.servers``."""
         return str(self.config.get("bootstrap.servers", "<bootstrap.servers unset>"))
+
+    @property
+    def max_record_size(self) -> int:
+        """``message.max.bytes`` of the producer config (librdkafka's default if unset)."""
+        try:
+            return int(self.producer_config().get("message.max.bytes", MESSAGE_MAX_BYTES))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"message.max.bytes must be a number of bytes: {exc}") from exc
 
     def producer_config(self) -> dict[str, Any]:
         """The config a new producer gets: ours defaults, the user's keys, no consumer keys."""
@@ -658,6 +742,16 @@ class KafkaTransport(Transport):
             self.start_timeout,
         )
 
+    def reader(self, topic: str, *, from_beginning: bool = False) -> Consumer:
+        """A consumer of every partition of ``topic`` by ``assign()``: no group is joined
+        and nothing is committed (``enable.auto.commit=false``), so the broker keeps no
+        trace of it. Starts at each partition's first or next offset, resolved now."""
+        marks = self.watermarks(topic, self.start_timeout)
+        starts = {(topic, p): low if from_beginning else high for p, (low, high) in marks.items()}
+        config = self.consumer_config("eventbus-bridge-reader")  # a group.id; never joined
+        config.update({"enable.auto.commit": False, "enable.auto.offset.store": False})
+        return _KafkaReader(config, starts)
+
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
             config = _client_config(self.config, {}, CONSUMER_ONLY | PRODUCER_ONLY)
@@ -682,16 +776,31 @@ class KafkaTransport(Transport):
         }
 
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the missing topics (broker's default replication factor), then wait until
-        every partition of each has a leader. Blocks up to ``timeout`` seconds."""
+        """Create the missing topics (``replication_factor`` None: the broker's
+        ``default.replication.factor``; ``config``: topic configs), then wait until every
+        partition of each has a leader. Blocks up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         existing = self._metadata(timeout).topics
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             futures = self._admin_client().create_topics(
-                [NewTopic(t, num_partitions=partitions) for t in missing],
+                [
+                    NewTopic(
+                        t,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor or -1,
+                        config=dict(config or {}),
+                    )
+                    for t in missing
+                ],
                 request_timeout=max(timeout, 0.001),
             )
             for topic, future in futures.items():

@@ -167,6 +167,20 @@ class MemoryBroker:
         self._cond.notify_all()
         return None, record
 
+    def _unfinished(self, record: Record) -> list[str]:
+        """The groups reading ``record``'s topic that have not stored or committed an
+        offset past it."""
+        tp = (record.topic, record.partition)
+        waiting = []
+        for group, members in self._groups.items():
+            if not any(record.topic in m.topics for m in members):
+                continue
+            done = self._committed.get((group, *tp), 0)
+            done = max([done, *(m._stored.get(tp, 0) for m in members)])
+            if done <= record.offset:
+                waiting.append(group)
+        return waiting
+
     def _rebalance(self, group: str) -> None:
         """Spread the group's partitions round-robin over the members that subscribe to
         their topic; members apply the new target inside their next ``poll``."""
@@ -492,6 +506,34 @@ class _MemoryConsumer(Consumer):
             broker._rebalance(self.group)
 
 
+class _MemoryReader(_MemoryConsumer):
+    """``MemoryTransport.reader``: fixed partitions and start offsets, no group."""
+
+    def __init__(self, broker: MemoryBroker, positions: dict[TopicPartition, int]) -> None:
+        self._broker = broker
+        self._cond = broker._cond
+        self.group = ""
+        self.topics = frozenset(t for t, _ in positions)
+        self._on_assign = self._on_revoke = None
+        self._earliest = False
+        self._target = frozenset(positions)
+        self._positions = positions
+        self._stored = {}
+        self._paused = set()
+        self._turn = 0
+        self._ready = True
+        self._closed = False
+
+    def store(self, record: Record) -> None:
+        pass  # nothing is committed: no group
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._closed = True
+
+
 class MemoryTransport(Transport):
     """A transport over an in-process ``MemoryBroker`` with Kafka's semantics (see module).
 
@@ -542,10 +584,76 @@ class MemoryTransport(Transport):
             earliest=from_beginning or self.auto_offset_reset == "earliest",
         )
 
+    def reader(self, topic: str, *, from_beginning: bool = False) -> Consumer:
+        """A consumer of every partition of ``topic`` in no group (``Transport.reader``)."""
+        broker = self.broker
+        with broker._cond:
+            logs = broker._logs.get(topic)
+            if logs is None:
+                raise TransportError(f"topic {topic!r} does not exist")
+            positions = {
+                (topic, p): broker._low.get((topic, p), 0) if from_beginning else len(log)
+                for p, log in enumerate(logs)
+            }
+        return _MemoryReader(broker, positions)
+
+    def deliver(
+        self,
+        topic: str,
+        signal: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        key: str | bytes | None = None,
+        source: str = "tests",
+        timeout: float = 10.0,
+    ) -> Record:
+        """Write the event ``signal`` with ``payload`` to ``topic`` as the bridge of
+        service ``source`` publishes it (CloudEvents binary mode, msgpack; ``key``: the
+        record key), and return the record once every consumer group reading ``topic``
+        is done with it (handled, skipped or dead-lettered: its offset stored).
+
+        For tests of an inbound route: a started ``Bridge`` on this transport receives it
+        as it would from Kafka. ``TimeoutError`` when a group is not done within
+        ``timeout`` seconds. Useful for tests.
+        """
+        from ._codec import MsgpackCodec
+        from ._formats import Writers
+        from ._routes import Route
+
+        route = Route.outbound(signal, topic=topic)
+        writer = Writers([route], MsgpackCodec(), source, f"deliver-{id(self)}").of(route)
+        value, headers = writer.write(signal, dict(payload or {}))
+        if isinstance(key, str):
+            key = key.encode()
+        broker = self.broker
+        with broker._cond:
+            error, record = broker._append(topic, key, value, tuple(headers))
+        if error is not None:
+            raise error
+        deadline = time.monotonic() + timeout
+        while True:
+            with broker._cond:
+                waiting = broker._unfinished(record)
+            if not waiting:
+                return record
+            if time.monotonic() > deadline:
+                at = f"{record.topic}[{record.partition}]@{record.offset}"
+                raise TimeoutError(
+                    f"{at}: not finished by group(s) {', '.join(waiting)} within {timeout:g} s"
+                )
+            time.sleep(0.002)  # consumers store offsets without a notification
+
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the missing topics with ``partitions`` each. Never blocks."""
+        """Create the missing topics with ``partitions`` each (there are no replicas or
+        topic configs in memory: those are ignored). Never blocks."""
         with self.broker._cond:
             for topic in topics:
                 self.broker._create(topic, partitions)

@@ -30,6 +30,11 @@ COUNTERS = (
         "delivery_failed",
         "Events that could not be delivered to Kafka.",
     ),
+    (
+        "eventbus_bridge_events_out_refused",
+        "refused",
+        "Of those, events the broker refused for good (too large, invalid topic).",
+    ),
     ("eventbus_bridge_events_in", "received", "Records received from inbound topics."),
     ("eventbus_bridge_events_handled", "handled", "Inbound events whose handlers all finished."),
     ("eventbus_bridge_retries", "retried", "Retries of failed handlers of inbound events."),

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventbus import Event, EventBus, compile_pattern
 
 from ._codec import MsgpackCodec
-from ._errors import DeliveryError, EncodeError
+from ._errors import BridgeError, DeliveryError, EncodeError
 from ._formats import Writer, Writers
 from ._remote import Remote
 from ._routes import Route
 from ._stats import Stats
 from ._throttle import LogThrottle
-from ._transport import Producer, Record, Transport
+from ._transport import RECORD_FRAMING, Headers, Producer, Record, Transport, record_size
 
 if TYPE_CHECKING:
     from ._outbox_base import BaseOutbox
@@ -33,6 +34,9 @@ log = logging.getLogger("bridge")
 
 _Target = tuple[Route, Writer, str]
 """A route an event goes to, the writer of its format and the type it writes."""
+_HEADROOM = 16_384
+"""An emit whose value and key are this far below the record limit needs no exact count:
+its headers are the bridge's own (CloudEvents attributes, trace context), far smaller."""
 
 DeliveryFailureCallback = Callable[[DeliveryError], object]
 
@@ -63,6 +67,8 @@ class Outbound:
         self.routes = tuple(r for r in routes if r.is_outbound)
         self.codec = codec
         self.outbox = outbox
+        self.max_record_size = transport.max_record_size
+        self._check_above = self.max_record_size - _HEADROOM
         self.on_delivery_failure = on_delivery_failure
         self._stats = stats
         self._stats_lock = stats_lock
@@ -75,6 +81,7 @@ class Outbound:
         self.producer: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._closing = False  # set by detach: an emit racing it raises, never half-sent
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -101,18 +108,26 @@ class Outbound:
             self._handlers.append(handler)
 
     def detach(self) -> None:
-        """Unsubscribe from the bus: events emitted from now on stay local."""
+        """Unsubscribe from the bus: events emitted from now on stay local; one racing
+        this (its handler already called) raises ``BridgeError``: not sent."""
+        self._closing = True
         for handler in self._handlers:
             self.bus.off(handler)
         self._handlers.clear()
 
     def close(self, drain_timeout: float) -> None:
-        """Stop the outbox relay, flush what is queued (up to ``drain_timeout``), close."""
+        """Stop the outbox relay, flush what is queued, close: within ``drain_timeout``
+        (and the moments the client takes to fail what is still queued then)."""
+        deadline = time.monotonic() + drain_timeout
         if self.outbox is not None:
             self.outbox.stop(drain_timeout)
         producer = self.producer
         if producer is not None:
-            left = producer.flush(drain_timeout)
+            # In slices: one long flush overruns its timeout by seconds while emitting
+            # threads hold the GIL, and records racing the stop may still arrive.
+            left = producer.flush(0)
+            while left and (now := time.monotonic()) < deadline:
+                left = producer.flush(min(0.05, deadline - now))
             if left:
                 log.error("bridge %s: %d record(s) not delivered at stop", self.service, left)
         self._stopping.set()
@@ -154,13 +169,21 @@ class Outbound:
         producer = self.producer
         if producer is None:
             raise RuntimeError("bridge is not started")
+        if self._closing:
+            raise BridgeError(
+                f"bridge {self.service} is stopping: event {name!r} was not sent "
+                f"(to {', '.join(repr(t[0].topic) for t in targets)})"
+            )
         last_writer: Writer | None = None
         last_type = ""
         value = b""
         headers: Sequence[tuple[str, bytes]] = ()
         for route, writer, ce_type in targets:
             if writer is not last_writer or ce_type != last_type:  # else the same record
-                value, headers = writer.write(ce_type, payload)
+                try:
+                    value, headers = writer.write(ce_type, payload)
+                except EncodeError as exc:
+                    raise self._encode_error(name, route.topic, exc) from exc
                 last_writer, last_type = writer, ce_type
             key = None
             if route.key is not None:
@@ -171,6 +194,8 @@ class Outbound:
                         f"{name}: the route to topic {route.topic!r} needs payload field "
                         f"{route.key!r} as its partition key"
                     ) from None
+            if len(value) + (len(key) if key else 0) > self._check_above:
+                self._check_size(name, route.topic, value, key, headers)
             if self.tracing is not None:
                 with self.tracing.sending(route.topic, key, value, headers) as traced:
                     self._queue(producer, route.topic, value, key, traced)
@@ -181,6 +206,33 @@ class Outbound:
                 producer.produce(route.topic, value, key, headers)
                 with self._stats_lock:  # counted once queued (see update_stats)
                     self._sent += 1
+
+    def _encode_error(self, name: str, topic: str, exc: EncodeError) -> EncodeError:
+        """``exc`` with the event and topic named (and, for a payload over the codec's
+        limit, where that limit comes from)."""
+        message = f"{name} for topic {topic!r}: {exc}"
+        if "max_size" in str(exc) and self.codec.max_size == self.max_record_size:
+            message += (
+                f" (the producer's limit, message.max.bytes={self.max_record_size}: raise "
+                '"message.max.bytes" in the Kafka settings, and the topic\'s '
+                "max.message.bytes on the broker, or send a smaller payload)"
+            )
+        return EncodeError(message)
+
+    def _check_size(
+        self, name: str, topic: str, value: bytes, key: bytes | None, headers: Headers
+    ) -> None:
+        """Raise ``EncodeError`` for a record over the producer's limit: refused at the
+        emit, before it is queued or stored, never accepted and then refused."""
+        size = record_size(value, key, headers)
+        if size > self.max_record_size:
+            raise EncodeError(
+                f"{name}: the record for topic {topic!r} is {size} bytes (value {len(value)}, "
+                f"key and headers {size - len(value) - RECORD_FRAMING}, framing "
+                f"{RECORD_FRAMING}), over the producer's limit of {self.max_record_size} "
+                'bytes: raise "message.max.bytes" in the Kafka settings (and the topic\'s '
+                "max.message.bytes on the broker), or send a smaller payload"
+            )
 
     def _queue(
         self,
@@ -225,6 +277,7 @@ class Outbound:
                 stats.delivered += 1
             else:
                 stats.delivery_failed += 1
+                stats.refused += getattr(error, "permanent", False)
         if error is not None:
             self._report_failure(error, record)
 
@@ -232,6 +285,7 @@ class Outbound:
         """The report of a record the failures-only producer could not deliver."""
         with self._stats_lock:
             self._stats.delivery_failed += 1
+            self._stats.refused += getattr(error, "permanent", False)
         self._report_failure(error, record)
 
     def _report_failure(self, error: Exception, record: Record) -> None:

@@ -45,6 +45,23 @@ CREATE TABLE IF NOT EXISTS outbox (
     headers BLOB NOT NULL
 )
 """
+_DEAD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    -- Records the broker refused for good (too large, an invalid or unauthorized topic),
+    -- moved out of the queue so that they hold back nothing: inspect, fix, re-emit.
+    id INTEGER PRIMARY KEY,  -- the outbox row's id
+    topic TEXT NOT NULL,
+    key BLOB,
+    value BLOB NOT NULL,
+    headers BLOB NOT NULL,
+    error TEXT NOT NULL,
+    refused_at REAL NOT NULL  -- Unix time
+)
+"""
+_PARK = (
+    "INSERT OR REPLACE INTO dead_letters "
+    "SELECT id, topic, key, value, headers, ?, ? FROM outbox WHERE id = ?"
+)
 _INSERT = "INSERT INTO outbox (topic, key, value, headers) VALUES (?, ?, ?, ?)"
 _DELETE_BATCH = 2000  # delete delivered rows once this many are delivered,
 _DELETE_INTERVAL = 0.05  # or this many seconds after the last delete
@@ -104,6 +121,9 @@ class Outbox(BaseOutbox):
         self.max_retry_backoff = max_retry_backoff
         self.retries = 0
         """Records whose delivery failed and that the relay sends again (relay thread)."""
+        self.refused = 0
+        """Records the broker refused for good, moved to the ``dead_letters`` table."""
+        self._problem: str | None = None
         self._db = self._open(path, synchronous)
         self._db_lock = threading.Lock()  # one connection, used by appenders and the relay
         (self._count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
@@ -128,6 +148,7 @@ class Outbox(BaseOutbox):
             db.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL to 64 MiB
             db.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger checkpoints
             db.execute(_SCHEMA)
+            db.execute(_DEAD_SCHEMA)
             db.execute("BEGIN IMMEDIATE")  # take the write lock now, hold it until close
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -136,6 +157,17 @@ class Outbox(BaseOutbox):
                 raise ConfigError(f"outbox {path} is in use by another bridge") from exc
             raise ConfigError(f"cannot open outbox {path}: {exc}") from exc
         return db
+
+    @property
+    def problem(self) -> str | None:
+        """The storage error the relay is retrying (disk full, say), None while it works."""
+        return self._problem
+
+    def dead_letters(self) -> int:
+        """The number of records in the ``dead_letters`` table (refused for good)."""
+        with self._db_lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        return int(count)
 
     def pending(self) -> int:
         """The number of stored records not yet acknowledged by the broker."""
@@ -224,7 +256,11 @@ class Outbox(BaseOutbox):
         not reported there, since it is not final: the relay logs it, counts it in
         ``retries``, waits for the records in flight, and resends from the first
         undelivered one, so records that were in flight after it may reach the broker
-        twice. Starts once.
+        twice. A record the broker refused for good (``TransportError.permanent``: too
+        large for the topic, an invalid or unauthorized topic) is not resent: it moves to
+        the ``dead_letters`` table, is logged once, counted in ``refused`` and reported
+        as ``on_delivery(error, record)``; the records after it go on. A storage error
+        (disk full) is retried with backoff; ``problem`` names it meanwhile. Starts once.
         """
         if self._thread is not None:
             raise RuntimeError("an outbox starts once")
@@ -276,37 +312,72 @@ class _Relay:
         self.failed_at: int | None = None  # the smallest id whose delivery failed
         self.backoff = outbox.retry_backoff
         self.delivered: list[int] = []
+        self.refused: list[tuple[int, str]] = []  # (row id, reason) to park
+        self.send_alone = False  # after a refusal: produce the next row alone
+        self.alone: int | None = None  # the row produced alone, until its report
         self.deleted_at = time.monotonic()
+        self.storage_backoff = outbox.retry_backoff
 
     def run(self) -> None:
         box = self.outbox
         while True:
-            box._wake.clear()  # set again by any append or report arriving from here on
-            progressed = self._serve_reports()
-            stopping = box._stopping.is_set()
-            if self.delivered and (
+            try:
+                if self._step():
+                    return
+            except sqlite3.Error as exc:
+                # A full disk, say: keep what is known (delivered and refused ids stay
+                # listed), wait, and try again; never end the relay, or stored records
+                # would wait for a restart.
+                if box._problem is None:
+                    log.error(
+                        "outbox %s: storage error (%s); the relay retries with backoff",
+                        box.path,
+                        exc,
+                    )
+                box._problem = f"outbox {box.path}: {exc}"
+                if box._stopping.is_set():
+                    return  # what is stored (delivered or not) waits for the next start
+                box._stopping.wait(self.storage_backoff)
+                self.storage_backoff = min(self.storage_backoff * 2, box.max_retry_backoff)
+                continue
+            if box._problem is not None and not self.delivered and not self.refused:
+                log.warning("outbox %s: storage works again; the relay goes on", box.path)
+                box._problem = None
+                self.storage_backoff = box.retry_backoff
+
+    def _step(self) -> bool:
+        """One round of the relay; True when it is done (stopped)."""
+        box = self.outbox
+        box._wake.clear()  # set again by any append or report arriving from here on
+        progressed = self._serve_reports()
+        stopping = box._stopping.is_set()
+        if self.refused or (
+            self.delivered
+            and (
                 stopping
                 or self.in_flight == 0
                 or len(self.delivered) >= _DELETE_BATCH
                 or time.monotonic() - self.deleted_at >= _DELETE_INTERVAL
-            ):
-                self._delete_delivered()
-            if stopping and (
-                time.monotonic() >= box._stop_deadline
-                or (self.in_flight == 0 and self.failed_at is None and box.pending() == 0)
-            ):
-                return
-            produced = 0
-            if self.failed_at is not None:
-                if self.in_flight == 0:
-                    self._rewind()
-                    progressed = True
-            elif self.in_flight < box.max_in_flight:
-                produced = self._produce_more()
-            if 0 < produced < _SMALL_BATCH and not stopping:
-                box._stopping.wait(_LINGER)  # let appends collect: fewer, larger batches
-            elif not (progressed or produced):
-                box._wake.wait(0.05)
+            )
+        ):
+            self._delete_delivered()
+        if stopping and (
+            time.monotonic() >= box._stop_deadline
+            or (self.in_flight == 0 and self.failed_at is None and box.pending() == 0)
+        ):
+            return True
+        produced = 0
+        if self.failed_at is not None:
+            if self.in_flight == 0:
+                self._rewind()
+                progressed = True
+        elif self.in_flight < box.max_in_flight and self.alone is None:
+            produced = self._produce_more()
+        if 0 < produced < _SMALL_BATCH and not stopping:
+            box._stopping.wait(_LINGER)  # let appends collect: fewer, larger batches
+        elif not (progressed or produced):
+            box._wake.wait(0.05)
+        return False
 
     def _report(self, row_id: int, error: Exception | None, record: Record) -> None:
         # Any thread that serves delivery reports may run this; the relay does the rest.
@@ -326,14 +397,21 @@ class _Relay:
             error, record, row_id = reports.popleft()
             served += 1
             self.in_flight -= 1
+            alone = row_id == self.alone
+            if alone:
+                self.alone = None
             if error is None:
                 self.delivered.append(row_id)
                 self.backoff = self.outbox.retry_backoff
-                try:
-                    self.on_delivery(None, record)
-                except Exception:
-                    log.exception("outbox %s: the delivery callback raised", self.outbox.path)
+                self._tell(None, record)
+            elif getattr(error, "permanent", False) and alone:
+                self._refuse(row_id, error, record)
             else:
+                if getattr(error, "permanent", False):
+                    # A refusal of a batch refuses every record in it (librdkafka does not
+                    # split a batch the broker found too large): resend the first failed
+                    # row alone, and refuse it for good only if it fails alone too.
+                    self.send_alone = True
                 self.outbox.retries += 1
                 if self.failed_at is None:
                     log.warning(
@@ -347,23 +425,54 @@ class _Relay:
                     self.failed_at = row_id
         return served > 0
 
+    def _tell(self, error: Exception | None, record: Record) -> None:
+        try:
+            self.on_delivery(error, record)
+        except Exception:
+            log.exception("outbox %s: the delivery callback raised", self.outbox.path)
+
+    def _refuse(self, row_id: int, error: Exception, record: Record) -> None:
+        """The broker refused row ``row_id`` for good: park it, report it, go on."""
+        log.error(
+            "outbox %s: record %d to %r refused for good (%s); moved to the dead_letters "
+            "table, the records after it go on",
+            self.outbox.path,
+            row_id,
+            record.topic,
+            error,
+        )
+        self.refused.append((row_id, str(error)))
+        self.outbox.refused += 1
+        self._tell(error, record)
+
     def _delete_delivered(self) -> None:
         box = self.outbox
         ids = sorted(self.delivered)
-        self.delivered = []
+        refused = list(self.refused)
         ranges: list[tuple[int, int]] = []  # runs of consecutive ids: usually one
         for i in ids:
             if ranges and ranges[-1][1] == i - 1:
                 ranges[-1] = (ranges[-1][0], i)
             else:
                 ranges.append((i, i))
+        now = time.time()
+        ranges += [(i, i) for i, _ in refused]
         with box._db_lock:
-            box._db.execute("BEGIN")
-            box._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", ranges)
-            box._db.execute("COMMIT")
+            try:
+                box._db.execute("BEGIN")
+                box._db.executemany(_PARK, [(reason, now, i) for i, reason in refused])
+                box._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", ranges)
+                box._db.execute("COMMIT")
+            except BaseException:
+                if box._db.in_transaction:
+                    box._db.execute("ROLLBACK")
+                raise
+        # Forgotten only once committed: after a storage error the next round retries.
+        self.delivered = self.delivered[len(ids) :]
+        self.refused = self.refused[len(refused) :]
         self.deleted_at = time.monotonic()
         with box._cond:
-            box._count -= len(ids)
+            box._count -= len(ids) + len(refused)
             box._cond.notify_all()
 
     def _rewind(self) -> None:
@@ -378,7 +487,7 @@ class _Relay:
     def _produce_more(self) -> int:
         """Produce the next stored rows; return how many."""
         box = self.outbox
-        limit = min(box.max_in_flight - self.in_flight, 1000)
+        limit = 1 if self.send_alone else min(box.max_in_flight - self.in_flight, 1000)
         with box._db_lock:
             rows = box._db.execute(
                 "SELECT id, topic, key, value, headers FROM outbox WHERE id > ? ORDER BY id "
@@ -390,12 +499,21 @@ class _Relay:
                 self.producer.produce(
                     topic, value, key, unpack_headers(headers), partial(self._report, row_id)
                 )
-            except TransportError as exc:  # queue full or producer closed: try again later
+            except TransportError as exc:
+                if exc.permanent:  # the client refuses it (over message.max.bytes, say)
+                    self.cursor = row_id
+                    refused = Record(topic, -1, -1, key, value, unpack_headers(headers))
+                    self._refuse(row_id, exc, refused)
+                    continue
+                # queue full or producer closed: try again later
                 log.warning("outbox %s: cannot produce record %d: %s", box.path, row_id, exc)
                 box._stopping.wait(self.backoff)
                 return 0
             self.cursor = row_id
             self.in_flight += 1
+            if self.send_alone:
+                self.send_alone = False
+                self.alone = row_id
         if not rows and self.in_flight == 0:
             # Everything produced was delivered and deleted. A file made before ids were
             # AUTOINCREMENT reuses ids once the table empties: start over from the

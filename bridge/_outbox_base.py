@@ -48,7 +48,9 @@ class BaseOutbox(ABC):
     Contract: ``append`` stores a record (when it is durable is the backend's rule) and
     raises ``BridgeError`` if it cannot; the relay produces stored records, calls
     ``on_delivery(None, record)`` for each delivered one and removes it; a record is
-    removed only after the broker acknowledged it (at-least-once).
+    removed only after the broker acknowledged it (at-least-once), or refused it for
+    good (``TransportError.permanent``): then it moves to the backend's dead-letter
+    table, reported as ``on_delivery(error, record)``, and holds back nothing.
     """
 
     @abstractmethod
@@ -69,6 +71,12 @@ class BaseOutbox(ABC):
     @abstractmethod
     def alive(self) -> bool:
         """True while the relay runs."""
+
+    @property
+    def problem(self) -> str | None:
+        """The storage error the relay is retrying (disk full, database down), None while
+        it works: ``Bridge.healthy`` is False meanwhile. Default: None."""
+        return None
 
     @abstractmethod
     def pending(self) -> int:

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge.sql_outbox")
 
-__all__ = ["SqlOutbox", "outbox_notify_ddl", "outbox_table"]
+__all__ = ["SqlOutbox", "outbox_dead_letter_table", "outbox_notify_ddl", "outbox_table"]
 
 _Row = dict[str, Any]
 
@@ -96,6 +96,32 @@ def outbox_table(
         ddl = sa.DDL(statement).execute_if(dialect="postgresql")  # type: ignore[no-untyped-call]
         event.listen(table, "after_create", ddl)
     return table
+
+
+def outbox_dead_letter_table(
+    metadata: sa.MetaData, name: str = "eventbus_outbox", schema: str | None = None
+) -> sa.Table:
+    """The dead-letter table of outbox ``name`` (``<name>_dead``) in ``metadata``.
+
+    The relay moves a row here when the broker refused it for good (too large for the
+    topic, an invalid or unauthorized topic), with the reason in ``error``: it then holds
+    back nothing. The columns of the outbox table, ``id`` the row's id, plus ``error``
+    and ``refused_at``.
+    """
+    return sa.Table(
+        f"{name}_dead",
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("topic", sa.Text(), nullable=False),
+        sa.Column("key", sa.LargeBinary(), nullable=True),
+        sa.Column("value", sa.LargeBinary(), nullable=False),
+        sa.Column("headers", sa.LargeBinary(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column(
+            "refused_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        schema=schema,
+    )
 
 
 def outbox_notify_ddl(name: str, schema: str | None = None) -> list[str]:
@@ -243,7 +269,9 @@ class SqlOutbox(BaseOutbox):
             raise ConfigError("sql outbox intervals and backoffs must not be negative")
         self.engine = sa.create_engine(engine) if isinstance(engine, str) else engine
         self.postgres = self.engine.dialect.name == "postgresql"
-        self.table = outbox_table(sa.MetaData(), table, schema)
+        metadata = sa.MetaData()
+        self.table = outbox_table(metadata, table, schema)
+        self.dead_table = outbox_dead_letter_table(metadata, table, schema)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.standby_interval = standby_interval
@@ -255,12 +283,15 @@ class SqlOutbox(BaseOutbox):
         self.max_retry_backoff = max_retry_backoff
         self.retries = 0
         """Records whose delivery failed and that the relay sends again (relay thread)."""
+        self.refused = 0
+        """Records the broker refused for good, moved to the dead-letter table."""
         self.leading = False
         """True while this relay holds the lead (always, once running, on SQLite)."""
         self._insert = self.table.insert().inline()  # no RETURNING: an emit needs no id
         self._bound: contextvars.ContextVar[_SessionBinding | _ConnectionBinding | None] = (
             contextvars.ContextVar(f"outbox-{table}", default=None)
         )
+        self._problem: str | None = None
         self._wake = threading.Event()  # a commit in this process wrote rows
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
@@ -269,6 +300,7 @@ class SqlOutbox(BaseOutbox):
         if create_table:
             try:
                 self.table.create(self.engine, checkfirst=True)
+                self.dead_table.create(self.engine, checkfirst=True)
             except SQLAlchemyError as exc:
                 raise ConfigError(f"cannot create the outbox table {table!r}: {exc}") from exc
 
@@ -342,9 +374,24 @@ class SqlOutbox(BaseOutbox):
                 conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
             )
 
+    def dead_letters(self) -> int:
+        """The number of rows in the dead-letter table (refused for good)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(self.dead_table)).scalar_one()
+            )
+
+    @property
+    def problem(self) -> str | None:
+        """The database error the relay is retrying, None while it works."""
+        return self._problem
+
     def start(self, producer: Producer, on_delivery: DeliveryCallback) -> None:
         """Start the relay thread (once). ``on_delivery(None, record)`` is called for each
-        delivered record; failed deliveries are retried (logged, counted in ``retries``)."""
+        delivered record; failed deliveries are retried (logged, counted in ``retries``).
+        A row the broker refuses for good (``TransportError.permanent``), also when sent
+        alone, moves to the dead-letter table (``outbox_dead_letter_table``), logged,
+        counted in ``refused`` and reported as ``on_delivery(error, record)``."""
         if self._thread is not None:
             raise RuntimeError("an outbox starts once")
         relay = _Relay(self, producer, on_delivery)
@@ -385,9 +432,27 @@ class _Relay:
         else:
             self.delete = table.delete().where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
         self.delivered: list[int] = []  # ids delivered, not yet deleted
+        self.refused: list[tuple[int, str]] = []  # (id, reason) to move to the dead table
+        self.send_alone = False  # after a refusal: the next round sends one row alone
+        self.park = sa.insert(box.dead_table).from_select(
+            ["id", "topic", "key", "value", "headers", "error"],
+            sa.select(
+                table.c.id,
+                table.c.topic,
+                table.c.key,
+                table.c.value,
+                table.c.headers,
+                sa.bindparam("error", type_=sa.Text()),
+            ).where(
+                table.c.id == sa.bindparam("row_id"),
+                # Idempotent: a park whose delete was lost (the connection died) is redone.
+                ~sa.exists().where(box.dead_table.c.id == sa.bindparam("row_id")),
+            ),
+        )
+        self.delete_one = table.delete().where(table.c.id == sa.bindparam("row_id"))
         self.backoff = box.retry_backoff
         self._cond = threading.Condition()
-        self._reports: list[tuple[Exception | None, Record]] = []
+        self._reports: list[tuple[Exception | None, Record, int]] = []
 
     def run(self) -> None:
         box = self.box
@@ -397,6 +462,7 @@ class _Relay:
                     self._connected()
                 except SQLAlchemyError as exc:
                     box.leading = False
+                    box._problem = f"outbox {box.table.name}: {str(exc).splitlines()[0]}"
                     log.warning(
                         "outbox %s: database error (%s); reconnecting in %.1f s",
                         box.table.name,
@@ -457,6 +523,9 @@ class _Relay:
                 return
             box._wake.clear()
             rows = conn.execute(self.select).all()
+            box._problem = None  # the database answers
+            if self.send_alone:
+                rows = rows[:1]
             if not rows:
                 if stopping:
                     return
@@ -488,21 +557,29 @@ class _Relay:
     def _report(self, row_id: int, error: Exception | None, record: Record) -> None:
         # Any thread serving the producer's reports may run this.
         with self._cond:
-            self._reports.append((error, record))
+            self._reports.append((error, record, row_id))
             if error is None:
                 self.delivered.append(row_id)
             self._cond.notify()
 
     def _send(self, rows: Sequence[Any]) -> bool:
-        """Produce ``rows`` and wait for their reports; True if all were delivered."""
+        """Produce ``rows`` and wait for their reports; True if all were delivered (or
+        refused for good)."""
         box = self.box
+        alone = self.send_alone
+        self.send_alone = False
         produced = 0
         for row_id, topic, key, value, headers in rows:
             try:
                 self.producer.produce(
                     topic, value, key, headers_from_msgpack(headers), partial(self._report, row_id)
                 )
-            except TransportError as exc:  # queue full or producer closed: later
+            except TransportError as exc:
+                if exc.permanent:  # the client refuses it (over message.max.bytes, say)
+                    record = Record(topic, -1, -1, key, value, headers_from_msgpack(headers))
+                    self._refuse(row_id, exc, record)
+                    continue
+                # queue full or producer closed: later
                 log.warning("outbox %s: cannot produce row %d: %s", box.table.name, row_id, exc)
                 break
             produced += 1
@@ -523,13 +600,16 @@ class _Relay:
                     self._cond.wait(0.005)
                 reports, self._reports = self._reports, []
             served += len(reports)
-            for error, record in reports:
+            for error, record, row_id in reports:
                 if error is None:
-                    try:
-                        self.on_delivery(None, record)
-                    except Exception:
-                        log.exception("outbox %s: the delivery callback raised", box.table.name)
+                    self._tell(None, record)
+                elif getattr(error, "permanent", False) and alone:
+                    self._refuse(row_id, error, record)
                 else:
+                    if getattr(error, "permanent", False):
+                        # A refused batch fails every record in it: the next round sends
+                        # the first row alone, refused for good only if it fails alone.
+                        self.send_alone = True
                     box.retries += 1
                     if not failed:
                         log.warning(
@@ -541,9 +621,37 @@ class _Relay:
                     failed = True
         return not failed
 
+    def _tell(self, error: Exception | None, record: Record) -> None:
+        try:
+            self.on_delivery(error, record)
+        except Exception:
+            log.exception("outbox %s: the delivery callback raised", self.box.table.name)
+
+    def _refuse(self, row_id: int, error: Exception, record: Record) -> None:
+        """The broker refused row ``row_id`` for good: move it aside, report it, go on."""
+        log.error(
+            "outbox %s: row %d to %r refused for good (%s); moved to %s, the rows after it go on",
+            self.box.table.name,
+            row_id,
+            record.topic,
+            error,
+            self.box.dead_table.name,
+        )
+        with self._cond:
+            self.refused.append((row_id, str(error)))
+        self.box.refused += 1
+        self._tell(error, record)
+
     def _delete(self, conn: Connection) -> None:
         with self._cond:
             ids = list(self.delivered)
+            refused = list(self.refused)
+        if refused:
+            for row_id, reason in refused:  # copy, then delete (autocommit: each its own)
+                conn.execute(self.park, {"row_id": row_id, "error": reason})
+                conn.execute(self.delete_one, {"row_id": row_id})
+            with self._cond:
+                self.refused = self.refused[len(refused) :]
         if ids:
             conn.execute(self.delete, {"ids": ids})
             with self._cond:

@@ -29,6 +29,10 @@ class Stats:
     produced: int = 0
     delivered: int = 0
     delivery_failed: int = 0
+    refused: int = 0
+    """Of ``delivery_failed``, records the broker refused for good (too large for the
+    topic, an invalid or unauthorized topic); with an outbox they are in its dead-letter
+    table, not resent."""
     received: int = 0
     handled: int = 0
     retried: int = 0

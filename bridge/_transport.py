@@ -15,6 +15,27 @@ from ._errors import TransportError
 
 Headers = Sequence[tuple[str, bytes]]
 
+MESSAGE_MAX_BYTES = 1_000_000
+"""The largest record a producer sends by default: librdkafka's ``message.max.bytes``."""
+
+RECORD_FRAMING = 100
+"""Bytes ``record_size`` adds for the framing of a record and of its batch (Kafka's v2
+record: length, attributes, timestamp and offset deltas, key/value/header lengths; the
+batch header is 61 bytes). librdkafka checks a record against ``message.max.bytes`` the
+same way, with less: a record ``record_size`` accepts is never refused by the client."""
+
+
+def record_size(value: bytes, key: bytes | None, headers: Headers) -> int:
+    """The bytes a record counts against ``message.max.bytes``: value, key, each
+    header's name and value (with 10 bytes for their two length fields), and
+    ``RECORD_FRAMING``."""
+    size = len(value) + RECORD_FRAMING
+    if key is not None:
+        size += len(key)
+    for name, data in headers:
+        size += len(name) + len(data) + 10
+    return size
+
 
 class Record(NamedTuple):
     """One record read from, or delivered to, a topic partition.
@@ -198,6 +219,12 @@ class Transport(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def max_record_size(self) -> int:
+        """The largest record (``record_size``) its producers send: Kafka's
+        ``message.max.bytes`` as configured; ``MESSAGE_MAX_BYTES`` by default."""
+        return MESSAGE_MAX_BYTES
+
     @abstractmethod
     def producer(self, *, on_failure: FailureCallback | None = None) -> Producer:
         """Return a new producer (idempotent, acks=all where the transport has acks).
@@ -231,12 +258,29 @@ class Transport(ABC):
         revocation (a session that expired) nothing is committed.
         """
 
+    def reader(self, topic: str, *, from_beginning: bool = False) -> Consumer:
+        """Return a consumer of every partition of ``topic`` outside any consumer group:
+        nothing is joined or committed, so nothing of it stays on the broker (``tail``,
+        ``dlq ls``/``show``). It starts at the beginning of each partition with
+        ``from_beginning``, else at the end; ``store`` and ``commit`` do nothing.
+        ``TransportError`` for a missing topic."""
+        raise NotImplementedError(f"{type(self).__name__} has no group-less reader")
+
     @abstractmethod
     def ensure_topics(
-        self, topics: Sequence[str], partitions: int = 1, timeout: float = 30.0
+        self,
+        topics: Sequence[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        replication_factor: int | None = None,
+        config: Mapping[str, str] | None = None,
     ) -> None:
-        """Create the topics that do not exist yet; wait until they exist. Raises
-        ``TransportError`` if that takes longer than ``timeout`` seconds."""
+        """Create the topics that do not exist yet, with ``partitions`` each,
+        ``replication_factor`` replicas (None: the broker's default) and the topic
+        configs ``config`` (``retention.ms``...); wait until they exist. Existing topics
+        are left as they are. Raises ``TransportError`` if that takes longer than
+        ``timeout`` seconds or the broker refuses a setting."""
 
     @abstractmethod
     def list_topics(self, timeout: float = 10.0) -> dict[str, int]:

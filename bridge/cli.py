@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -544,11 +543,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         topics = transport.list_topics(timeout=args.timeout)
         if args.topic not in topics:
             return _fail(f"topic {args.topic!r} does not exist on {config.bootstrap}", EXIT_FAILED)
-        consumer = transport.consumer(
-            f"eventbus-bridge-tail-{uuid.uuid4().hex}",
-            [args.topic],
-            from_beginning=args.from_beginning,
-        )
+        # In no group: nothing committed, no group left behind on the broker.
+        consumer = transport.reader(args.topic, from_beginning=args.from_beginning)
         codec = MsgpackCodec()
         printed = 0
         announced = False

@@ -152,16 +152,16 @@ def _wait_for_topic(admin: Any, name: str, partitions: int, timeout: float = 30.
 
 @pytest.fixture
 def make_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
-    """Factory: ``make_topic(partitions=1)`` creates a fresh, uniquely named topic, ready to
-    use; the topics are deleted after the test."""
+    """Factory: ``make_topic(partitions=1, config=None)`` creates a fresh, uniquely named
+    topic (``config``: topic settings), ready to use; the topics are deleted after the test."""
     from confluent_kafka.admin import NewTopic
 
     created: list[str] = []
 
-    def make(partitions: int = 1) -> str:
+    def make(partitions: int = 1, config: dict[str, str] | None = None) -> str:
         name = f"test-{uuid.uuid4().hex}"
         futures = kafka_admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
         )
         futures[name].result(timeout=30)
         created.append(name)

@@ -28,6 +28,7 @@ def unique_table() -> str:
 def drop_outbox(engine: sa.Engine, table: str) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
+        conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}_dead"')
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS "{table}_notify"()')
 

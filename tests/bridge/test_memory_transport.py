@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -258,3 +259,69 @@ def test_revocation_commits_offsets_stored_before_and_during_on_revoke():
     assert two.assignment() == [("t", 1)]
     assert record is not None
     assert record.value == b"p1-c"
+
+
+# -- deliver: testing an inbound route ----------------------------------------------------
+
+
+def _quickstart_snippet(containing: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "quickstart.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    [block] = [b for b in blocks if containing in b]
+    return block
+
+
+def test_the_quickstart_inbound_test_runs():
+    """The documented test asserts right after ``deliver``: it fails unless deliver
+    waits for the handler."""
+    from eventbus import EventBus
+
+    snippet = _quickstart_snippet("transport.deliver(")
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "quickstart.md", "exec"), namespace)
+    namespace["test_welcome_on_registration"](EventBus())
+
+
+def test_deliver_writes_what_a_bridge_writes_and_waits_for_dead_letters_too():
+    from bridge import Bridge, Route
+    from eventbus import EventBus
+
+    bus = EventBus()
+    senders: list[object] = []
+
+    @bus.on("order.placed")
+    def handle(sender: object, *, n: int) -> None:
+        senders.append(sender)
+        if n < 0:
+            raise ValueError("negative")
+
+    transport = MemoryTransport()
+    route = Route.inbound("order.*", topic="orders")
+    with Bridge(bus, transport=transport, service="shop", routes=[route], backoff=0) as bridge:
+        record = transport.deliver("orders", "order.placed", {"n": 1}, key="o-1", source="web")
+        assert record.key == b"o-1"
+        [sender] = senders
+        assert (sender.source, sender.offset) == ("web", record.offset)  # type: ignore[attr-defined]
+        transport.deliver("orders", "order.placed", {"n": -1})
+        assert bridge.stats.dead_lettered == 1  # done once its dead letter is written
+        [letter] = _read_all(transport, "orders.dlq")
+        assert letter.value == transport.broker._logs["orders"][0][1].value
+
+
+def _read_all(transport: MemoryTransport, topic: str) -> list[Record]:
+    with transport.broker._cond:
+        return [r for log in transport.broker._logs[topic] for r in log]
+
+
+def test_deliver_times_out_naming_the_group_that_did_not_finish():
+    transport = MemoryTransport()
+    transport.ensure_topics(["t"])
+    consumer = transport.consumer("idle", ["t"])
+    consumer.poll(0)  # assigned, never handles anything
+    with pytest.raises(TimeoutError, match="idle"):
+        transport.deliver("t", "a.b", {}, timeout=0.05)
+    consumer.close()
+    # no group reads the topic any more: nothing to wait for
+    assert transport.deliver("t", "a.b", {}).offset == 1

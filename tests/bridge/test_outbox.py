@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -301,3 +302,123 @@ def test_bridge_emit_raises_when_the_outbox_is_full(memory: MemoryTransport, db:
             bus.emit("user.registered", user_id=3)
     assert caught.group_contains(QueueFullError, match="outbox_max_events=2")
     memory.broker.resume_delivery()
+
+
+def test_a_refused_record_is_resent_alone_then_moved_to_dead_letters(
+    memory: MemoryTransport, db: str
+) -> None:
+    box = Outbox(db, retry_backoff=0.001)
+    delivered = Delivered()
+    append(box, 1)
+    refusal = TransportError("Broker: Message size too large", permanent=True)
+    memory.broker.fail_next(2, refusal)  # the record, then the record sent alone
+    box.start(memory.producer(), delivered)
+    wait_for(lambda: box.pending() == 0, what="the refused record to leave the queue")
+    append(box, 3, start=1)
+    wait_for(lambda: len(delivered.records) == 3, what="the records after it")
+    assert [str(e) for e in delivered.errors] == [str(refusal)]  # reported once
+    assert box.refused == 1 and box.dead_letters() == 1 and box.pending() == 0
+    assert values(read(memory, "t", 3)) == [1, 2, 3]
+    box.stop(1)
+
+
+def test_a_record_failed_with_its_batch_is_not_refused_when_it_goes_through_alone(
+    memory: MemoryTransport, db: str
+) -> None:
+    box = Outbox(db, retry_backoff=0.001)
+    delivered = Delivered()
+    append(box, 3)
+    memory.broker.fail_next(1, TransportError("batch too large", permanent=True))
+    box.start(memory.producer(), delivered)
+    wait_for(lambda: len(delivered.records) == 3, what="all three records")
+    assert box.refused == 0 and box.dead_letters() == 0 and delivered.errors == []
+    box.stop(1)
+
+
+def test_the_relay_retries_a_full_disk_and_recovers(memory: MemoryTransport, db: str) -> None:
+    """SQLite's max_page_count makes the file report SQLITE_FULL exactly as a full disk
+    does; raising it again is freeing space."""
+    box = Outbox(db, retry_backoff=0.001, max_retry_backoff=0.05)
+    bus = EventBus()
+    bridge = Bridge(
+        bus,
+        transport=memory,
+        service="svc",
+        routes=[Route.outbound("e.*", topic="t")],
+        outbox=box,
+        drain_timeout=1,
+    )
+    with bridge:
+        memory.broker.pause_delivery()
+        bus.emit("e.big", blob=b"x" * 20_000)  # refused below; parking it needs new pages
+        with box._db_lock:
+            (pages,) = box._db.execute("PRAGMA page_count").fetchone()
+            box._db.execute(f"PRAGMA max_page_count={pages}")  # the disk is full
+        with pytest.raises(EmitError) as caught:
+            bus.emit("e.small", n=2, blob=b"y" * 20_000)  # a clear error: not accepted
+        assert "database or disk is full" in str(caught.value.exceptions[0])
+        memory.broker.fail_next(2, TransportError("too large", permanent=True))
+        memory.broker.resume_delivery()
+        wait_for(lambda: box.problem is not None, what="the relay to meet the full disk")
+        assert "database or disk is full" in str(box.problem)
+        assert not bridge.healthy and box.alive  # unhealthy, and still trying
+        with box._db_lock:
+            box._db.execute("PRAGMA max_page_count=1073741823")  # space freed
+        wait_for(lambda: box.problem is None, what="the relay to recover")
+        assert bridge.healthy
+        bus.emit("e.small", n=1)
+        bus.emit("e.small", n=3)
+        wait_for(lambda: bridge.stats.delivered == 2, what="the small records")
+        assert box.dead_letters() == 1 and box.pending() == 0
+        assert bridge.stats.refused == 1
+    payloads = [msgpack.unpackb(r.value) for r in read(memory, "t", 2)]
+    assert payloads == [{"n": 1}, {"n": 3}]
+
+
+def test_the_relay_survives_a_write_error_on_delete_and_recovers(db: str) -> None:
+    """The file-size limit (RLIMIT_FSIZE, in a child process) makes the WAL unwritable as
+    a full disk does: the relay's deletes fail; lifting it is freeing space. The child
+    prints what it saw; the wait-for loops are in the child (it owns the outbox)."""
+    child = textwrap.dedent(
+        f"""
+        import json, resource, signal, time
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a kill
+        from bridge import MemoryTransport
+        from bridge._outbox import Outbox
+
+        def wait(what, condition):
+            deadline = time.monotonic() + 20
+            while not condition():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.01)
+
+        memory = MemoryTransport()
+        memory.ensure_topics(["t"])
+        memory.broker.pause_delivery()
+        box = Outbox({db!r}, retry_backoff=0.01, max_retry_backoff=0.05)
+        delivered = []
+        box.start(memory.producer(), lambda e, r: delivered.append(e))
+        for i in range(2000):
+            box.append("t", b"v" * 300, None, [("ce_id", str(i).encode())])
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the disk is full
+        memory.broker.resume_delivery()
+        wait("the relay to meet the full disk", lambda: box.problem is not None)
+        full = dict(problem=box.problem, alive=box.alive, pending=box.pending())
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space freed
+        wait("the relay to recover", lambda: box.problem is None and box.pending() == 0)
+        assert len(delivered) == 2000
+        print(json.dumps(dict(full=full, alive=box.alive, errors=sum(map(bool, delivered)))))
+        box.stop(1)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child], cwd=ROOT, check=False, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert seen["full"]["alive"] and seen["full"]["pending"] == 2000  # delivered, not deleted
+    assert "error" in seen["full"]["problem"]  # "disk I/O error": the WAL write failed
+    assert "storage error" in proc.stderr and "storage works again" in proc.stderr
+    assert seen["alive"] and seen["errors"] == 0
+    assert Outbox(db).pending() == 0  # the deletes reached the file

@@ -123,6 +123,30 @@ def test_commit_delivers_once_rollback_never(
     assert bridge.stats.delivered == 4
 
 
+def test_a_row_the_topic_refuses_moves_to_the_dead_table_and_the_rest_go_on(
+    engine: sa.Engine,
+    make_outbox: Callable[..., SqlOutbox],
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+) -> None:
+    topic = make_topic(config={"max.message.bytes": "20000"})
+    outbox = make_outbox(engine, batch_size=50)
+    bus = EventBus()
+    with outbound_bridge(bus, kafka_bootstrap, topic, outbox) as bridge:
+        with Session(engine) as session, session.begin(), outbox.bind(session):
+            bus.emit("order.placed", id=0, blob=b"x" * 60_000)  # the topic refuses it
+            for i in range(1, 21):
+                bus.emit("order.placed", id=i)
+        wait_for(lambda: outbox.pending() == 0, 30, what="the outbox table empty")
+        assert bridge.stats.delivered == 20
+        assert (bridge.stats.delivery_failed, bridge.stats.refused) == (1, 1)
+        assert outbox.refused == 1 and outbox.dead_letters() == 1
+    with engine.connect() as conn:
+        (error,) = conn.execute(sa.select(outbox.dead_table.c.error)).scalars()
+    assert "too large" in error.lower()
+    assert [p["id"] for p in payloads(kafka_bootstrap, topic)] == list(range(1, 21))
+
+
 def test_emit_outside_bind_raises_and_stores_nothing(
     engine: sa.Engine,
     make_outbox: Callable[..., SqlOutbox],

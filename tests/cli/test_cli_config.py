@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -479,7 +480,11 @@ def test_one_table_of_options_agrees_with_config_bridge_and_the_reference() -> N
     from bridge import Bridge
     from bridge._config import BRIDGE_CONSTRUCTOR_KEYS
 
-    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    missing = dataclasses.MISSING
+    fields = {
+        f.name: f.default_factory() if f.default_factory is not missing else f.default
+        for f in dataclasses.fields(Config)
+    }
     for key, option in BRIDGE_OPTIONS.items():
         if key != "service":
             assert fields[key] == option.default, key
@@ -500,6 +505,10 @@ def test_one_table_of_options_agrees_with_config_bridge_and_the_reference() -> N
         default = option.default
         if default is None or key == "modules":
             continue  # "required", "none", "the service", "[]": words, not values
+        if isinstance(default, Mapping):  # a TOML inline table, then words
+            table = ", ".join(f'"{k}" = "{v}"' for k, v in default.items())
+            assert documented.startswith(f"`{{ {table} }}`" if table else "`{}`"), key
+            continue
         literal = (
             "true"
             if default is True
