@@ -47,8 +47,10 @@ class _NullConsumer:
 
 
 class _NullProducer:
+    produced = 0
+
     def produce(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        self.produced += 1
 
     def in_flight(self) -> int:
         return 0
@@ -63,7 +65,7 @@ class _NullProducer:
         pass
 
 
-def _stopped_bridge(bridge: Any, eventbus: Any, data: str) -> tuple[Any, Any, list[int]]:
+def _stopped_bridge(bridge: Any, eventbus: Any, data: str) -> tuple[Any, Any, Any, list[int]]:
     """A bridge started on the memory transport and stopped again: its Inbound and
     Outbound stay built, with no thread running."""
     bus = eventbus.EventBus()
@@ -85,8 +87,9 @@ def _stopped_bridge(bridge: Any, eventbus: Any, data: str) -> tuple[Any, Any, li
     inbound.stopping.clear()  # stop() set it: _handle_batch would stop at once
     inbound.consumer = _NullConsumer()
     outbound.producer = _NullProducer()
+    outbound._closing = False  # stop() set it (where it exists): emits would be refused
     outbound.attach()  # stop() detached the bus handlers
-    return bus, inbound, seen
+    return bus, inbound, outbound, seen
 
 
 def _records(bridge: Any, n: int, data: str) -> list[Any]:
@@ -119,7 +122,7 @@ def run(path: str, tree: str, n: int, data: str, no_extra: bool) -> None:
     if no_extra:  # the json extra absent: the stdlib json module only
         sys.modules["orjson"] = sys.modules["msgspec"] = None  # type: ignore[assignment]
     bridge, eventbus = _import(tree)
-    bus, inbound, seen = _stopped_bridge(bridge, eventbus, data)
+    bus, inbound, outbound, seen = _stopped_bridge(bridge, eventbus, data)
     if path == "inbound":
         records = _records(bridge, n, data)
         batch = 100
@@ -130,6 +133,7 @@ def run(path: str, tree: str, n: int, data: str, no_extra: bool) -> None:
         emit = bus.emit
         for i in range(n):
             emit("order.placed", order_id=i, sku="A-1234", amount=12.5)
+        assert outbound.producer.produced == n, (outbound.producer.produced, n)
 
 
 def _total(out: str) -> int:
