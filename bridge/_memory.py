@@ -277,16 +277,22 @@ class _MemoryProducer(Producer):
     def _take_reports(self) -> list[_Report]:
         reports = list(self._reports)
         self._reports.clear()
-        self._queued -= len(reports)
-        if reports:
-            self._cond.notify_all()  # producers waiting for room
         return reports
 
-    @staticmethod
-    def _serve(reports: list[_Report]) -> None:
-        for error, record, callback in reports:
-            if callback is not None:
-                callback(error, record)
+    def _serve(self, reports: list[_Report]) -> None:
+        """Run the callbacks; only then are the records out of flight (as in librdkafka,
+        whose queue length counts a report until it was served): a failed record is never
+        seen as neither in flight nor failed."""
+        if not reports:
+            return
+        try:
+            for error, record, callback in reports:
+                if callback is not None:
+                    callback(error, record)
+        finally:
+            with self._cond:
+                self._queued -= len(reports)
+                self._cond.notify_all()  # producers waiting for room, flushes
 
     def in_flight(self) -> int:
         with self._cond:

@@ -12,9 +12,13 @@ from eventbus import EventBus
 
 
 def wait_for(
-    predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+    predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout`` s."""
+    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout`` s.
+
+    The default is long on purpose: most waits include a broker round trip or a group
+    join, which take seconds on a loaded CI machine (2 cores). It only costs time when
+    the test fails anyway."""
     deadline = time.monotonic() + timeout
     delay = 0.001
     while not predicate():

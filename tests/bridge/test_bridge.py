@@ -491,7 +491,7 @@ def test_stop_during_retry_does_not_store_the_record(tp: Names, transport: Trans
     with make_bridge(out, transport, "src", Route.outbound("a.b", topic=tp.t)):
         with make_bridge(inbound, transport, "w", route, backoff=30.0) as w:
             out.emit("a.b", n=1)
-            assert entered.wait(10)
+            assert entered.wait(30)
         assert w.stats.dead_lettered == 0 and w.stats.handled == 0
         inbound.off(failing)
         again: list[int] = []

@@ -119,7 +119,10 @@ def test_records_wait_on_retry_topics_while_the_partition_flows_then_the_dlq(
     transport: Transport,
 ) -> None:
     topic = new_topic()
-    worker = Worker(transport, topic, [1.0, 0.5])
+    # The first delay is the time the 5 records behind the failed one have to be fetched
+    # and handled to show that the partition did not wait: 2 s, for a loaded machine
+    # (fetching them may wait for the retry record's produce to be acknowledged).
+    worker = Worker(transport, topic, [2.0, 0.5])
     worker.bad = {0}
     with worker.bridge as bridge:
         emit(transport, topic, [0, 1, 2, 3, 4, 5])
@@ -136,9 +139,9 @@ def test_records_wait_on_retry_topics_while_the_partition_flows_then_the_dlq(
     assert retry1 >= due1 and retry2 >= due2  # never before due
     # the partition did not wait: the records behind it were handled before it was due
     assert max(worker.steady_at[n] for n in range(1, 6)) < due1
-    assert due1 - failed == pytest.approx(1.0, abs=0.25) and due2 - retry1 == pytest.approx(
-        0.5, abs=0.25
-    )
+    # due = the failure's time + the delay, in whole milliseconds; the upper bound leaves
+    # half a second for the process to be descheduled between the call and the due time
+    assert 1.998 <= due1 - failed < 2.5 and 0.498 <= due2 - retry1 < 1.0
     assert worker.steady_calls.count(0) == 1  # only the failed handler ran again
     headers = dict(second.headers)
     assert headers["eventbus-retry-attempt"] == b"2"
@@ -187,10 +190,17 @@ def test_a_retry_succeeds_once_the_cause_is_gone(transport: Transport) -> None:
     worker.fail_times = {7: 1}  # fails on its first delivery only
     with worker.bridge as bridge:
         emit(transport, topic, [7])
-        wait_for(lambda: bridge.stats.retries_handled == 1, 30, "the retry handled")
+        # retries_handled is counted as the retry's handler returns, handled only once
+        # its batch is done: wait for both, not the first alone.
+        wait_for(
+            lambda: bridge.stats.retries_handled == 1 and bridge.stats.handled == 1,
+            30,
+            "the retry handled and counted",
+        )
         stats = bridge.stats
         assert stats.retries_scheduled == 1 and stats.retries_due == 1
         assert stats.dead_lettered == 0 and stats.handled == 1  # the retry
+    assert bridge.stats.handled == 1 and bridge.stats.retries_handled == 1  # no more
     assert len(worker.calls(7)) == 2 and worker.steady_calls == [7]
 
 
@@ -275,7 +285,10 @@ def test_retries_are_counted_per_route_in_stats_and_metrics(
 
 def test_retry_records_survive_a_restart_and_nothing_runs_twice(transport: Transport) -> None:
     topic = new_topic()
-    worker = Worker(transport, topic, [3.0])
+    # The first bridge must be stopped before the retry is due (else it fails again there,
+    # the cause not fixed yet, and is dead-lettered). Measured under load (10 on 2 cores):
+    # failure to "scheduled" (the retry record acknowledged) 0.5-0.75 s, stop 0.15 s.
+    worker = Worker(transport, topic, [5.0])
     worker.bad = {3}
     with worker.bridge as bridge:
         emit(transport, topic, [3])

@@ -97,7 +97,9 @@ def test_run_hosts_handlers_and_drains_on_sigterm_without_loss(
 ) -> None:
     topic = make_topic()
     path = service_file(tmp_path, kafka_bootstrap, topic, f"svc-{uuid.uuid4().hex[:8]}")
-    first = daemon(path, tmp_path, "--metrics-port", "0", delay=0.02)
+    # 0.05 s per event: 5 s for all 100, so that the SIGTERM sent after the first 10 lands
+    # mid-stream even when the test process is slow to send it (a loaded machine).
+    first = daemon(path, tmp_path, "--metrics-port", "0", delay=0.05)
     sender = Sender(kafka_bootstrap, topic)
     try:
         port = int(first.wait_for("metrics and health on").rsplit(":", 1)[1].strip("/"))
@@ -141,9 +143,9 @@ def test_a_second_signal_exits_at_once_and_the_event_comes_back(
 
         wait_for(handler_running, 30, "the handler to start")
         first.process.send_signal(signal.SIGTERM)
-        first.wait_for("draining", 10)  # blocked behind the 30 s handler
+        first.wait_for("draining", 30)  # blocked behind the 30 s handler
         first.process.send_signal(signal.SIGTERM)
-        assert first.finish(10) == 128 + signal.SIGTERM
+        assert first.finish(30) == 128 + signal.SIGTERM
         assert "SIGTERM again: exiting without draining" in first.output
         # Nothing was committed: the partition's next owner gets the event again. (It
         # would only join after the dead member's session timeout, so ask the broker.)

@@ -214,7 +214,7 @@ def test_metrics_and_health_read_the_bridge_at_scrape_time() -> None:
         with bridge:
             bus.emit("a.b", x=1)
             bus.emit("a.b", x=2)
-            wait_for(lambda: bridge.stats.delivered == 2, 10, "deliveries")
+            wait_for(lambda: bridge.stats.delivered == 2, 30, "deliveries")
             assert _get(base + "/healthz") == (200, "ok\n")
             status, text = _get(base + "/metrics")
             assert status == 200
@@ -320,7 +320,7 @@ def test_metrics_count_dead_letters_and_delayed_retries() -> None:
             ):
                 for n in (1, 2, 3):
                     sender.emit("a.b", n=n)
-            wait_for(lambda: bridge.stats.dead_lettered == 1, 10, "the dead letter")
+            wait_for(lambda: bridge.stats.dead_lettered == 1, 30, "the dead letter")
             status, text = _get(f"http://127.0.0.1:{server.port}/metrics")
         assert status == 200
         assert 'eventbus_bridge_dead_letter_records{service="svc",topic="a.dlq"} 1.0' in text

@@ -20,6 +20,9 @@ import uvicorn
 from examples.webapp import mail_app, users_app
 
 pytestmark = pytest.mark.kafka
+# httpx's default is 5 s: both servers and their bridges share this process (and a
+# loaded machine), so a request may wait for the GIL and the event loops for a while.
+TIMEOUT = 30.0
 
 
 def free_port() -> int:
@@ -60,13 +63,14 @@ def test_a_request_in_one_app_reaches_an_async_handler_of_another(
     mail_url = next(mail)
     try:
         for name in ("Ann", "Bob", "Cy"):
-            assert httpx.post(f"{users_url}/users", params={"name": name}).status_code == 200
+            reply = httpx.post(f"{users_url}/users", params={"name": name}, timeout=TIMEOUT)
+            assert reply.status_code == 200
         deadline = time.monotonic() + 30
         sent: list[dict[str, Any]] = []
         while len(sent) < 3:
             assert time.monotonic() < deadline, f"mails sent: {sent}"
             time.sleep(0.05)
-            sent = httpx.get(f"{mail_url}/sent").json()
+            sent = httpx.get(f"{mail_url}/sent", timeout=TIMEOUT).json()
         assert sorted(m["to"] for m in sent) == ["Ann", "Bob", "Cy"]
         assert {m["from_service"] for m in sent} == {"users"}
     finally:
