@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,docs,metrics,bench,cli,sql]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,docs,metrics,bench,cli,sql,json]'
 	touch $@
 
 ## everything: unit, broker (a real Kafka started here), lint, typing, docs

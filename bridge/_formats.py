@@ -41,6 +41,7 @@ from ._envelope import (
 )
 from ._errors import ConfigError, DecodeError
 from ._json import JSON_CONTENT_TYPE, JsonCodec, is_json_content_type, restore
+from ._retry_topics import RETRY_PREFIX
 from ._routes import Route, TypeRule
 from ._transport import Record
 
@@ -49,8 +50,11 @@ SchemaOf = Callable[[str], "type[Any] | None"]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+MAX_BATCH_EVENTS = 1000
+"""At most this many events in one batch record; a longer batch is a dead letter."""
 
 _new_envelope = tuple.__new__
+_COMPACT_JSON = json_module.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _STRUCTURED_CORE = frozenset(
     {"specversion", "id", "source", "type", "time", "datacontenttype", "data", "data_base64"}
 )
@@ -102,12 +106,25 @@ class TypeNames:
 # -- readers ------------------------------------------------------------------------------
 
 
+class Batched(Exception):
+    """Raised by a reader for a record that carries several events (CloudEvents batch
+    mode, ``application/cloudevents-batch+json``): ``records`` holds one record per
+    event, in order, in structured mode, with the batch record's position, key and other
+    headers. The bridge handles each like a record of its own and stores the batch
+    record's offset once all of them are done (docs/interoperability.md)."""
+
+    def __init__(self, records: tuple[Record, ...]) -> None:
+        super().__init__(f"a batch of {len(records)} event(s) in CloudEvents batch mode")
+        self.records = records
+
+
 class Reader(Protocol):
     """Reads the records of one topic."""
 
     def read(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
         """The event's envelope (its type mapped to a signal name) and, when reading it
-        needed decoding the value anyway, its payload; else None (see ``decode``)."""
+        needed decoding the value anyway, its payload; else None (see ``decode``).
+        Raises DecodeError, or ``Batched`` for a record of several events."""
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         """The payload of a record whose ``read`` returned None."""
@@ -156,12 +173,12 @@ class CloudEventsReader:
         self._schema = schema
         if self._names is None:
             # read_binary itself, no wrapper: this runs per record.
-            self.read = functools.partial(read_binary, otherwise=self.not_binary)
+            self.read = functools.partial(read_binary, self.not_binary)
         else:
             self.read = self._read_mapped
 
     def _read_mapped(self, record: Record) -> tuple[Envelope, dict[str, Any] | None]:
-        envelope, payload = read_binary(record, self.not_binary)
+        envelope, payload = read_binary(self.not_binary, record)
         if payload is not None:  # structured mode: mapped already
             return envelope, payload
         name = self._names.name(envelope.type)  # type: ignore[union-attr]
@@ -184,14 +201,31 @@ class CloudEventsReader:
         if media == STRUCTURED_CONTENT_TYPE.encode():
             return self._structured(record)
         if media == BATCH_CONTENT_TYPE.encode():
-            raise DecodeError(
-                f"{BATCH_CONTENT_TYPE} (a batch of events in one record) is not "
-                "supported; send one event per record"
-            )
+            raise Batched(self._batch(record))
         raise DecodeError(
             "not a CloudEvent: no ce_specversion header (binary mode) and content-type "
             f"{content_type[:60].decode(errors='replace')!r} is not "
             f"{STRUCTURED_CONTENT_TYPE} (structured mode)"
+        )
+
+    def _batch(self, record: Record) -> tuple[Record, ...]:
+        """The events of a batch record, each as a record of its own in structured mode."""
+        value = record.value
+        events = self._json.decode_array(
+            value if value is not None else b"",
+            f"a JSON array of CloudEvents ({BATCH_CONTENT_TYPE})",
+        )
+        if len(events) > MAX_BATCH_EVENTS:
+            raise DecodeError(
+                f"a batch of {len(events)} events: at most {MAX_BATCH_EVENTS} per record"
+            )
+        if not all(type(event) is dict for event in events):
+            raise DecodeError(f"a batch item is not a JSON object: expected {BATCH_CONTENT_TYPE}")
+        headers = [h for h in record.headers if h[0] != "content-type"]
+        headers.append(("content-type", STRUCTURED_CONTENT_TYPE.encode()))
+        return tuple(
+            record._replace(value=_COMPACT_JSON.encode(event).encode(), headers=headers)
+            for event in events
         )
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
@@ -324,14 +358,14 @@ class JsonReader:
             if isinstance(found, (str, int)) and not isinstance(found, bool) and found != "":
                 event_id = str(found)
         if event_id is None:
-            event_id = f"{record.topic}/{record.partition}/{record.offset}"
+            event_id = _position(record)
         at = _record_time(record)
         origin = record.header(ORIGIN)
         envelope = _new_envelope(
             Envelope,
             (
                 event_id,
-                record.topic,
+                _origin_topic(record),
                 name,
                 at,
                 origin.decode(errors="replace") if origin is not None else None,
@@ -392,14 +426,14 @@ class GoMicroReader:
             )
         payload = self._json.decode_object(raw, "a JSON object in Body")
         name = self._signal
-        event_id = header.get("Micro-Id") or f"{record.topic}/{record.partition}/{record.offset}"
+        event_id = header.get("Micro-Id") or _position(record)
         trace = header.get("traceparent")
         state = header.get("tracestate")
         envelope = _new_envelope(
             Envelope,
             (
                 event_id,
-                header.get("Micro-From-Service") or record.topic,
+                header.get("Micro-From-Service") or _origin_topic(record),
                 name,
                 _record_time(record),
                 header.get(GO_MICRO_ORIGIN),
@@ -413,6 +447,22 @@ class GoMicroReader:
 
     def decode(self, record: Record, envelope: Envelope) -> dict[str, Any]:
         return self.read(record)[1]  # not reached: read returns the payload
+
+
+def _position(record: Record) -> str:
+    """``topic/partition/offset`` of the record as first read: the id of an event whose
+    format has none. A record on a delayed retry topic names its origin in its headers."""
+    topic = record.header(RETRY_PREFIX + "topic")
+    if topic is not None:
+        partition = record.header(RETRY_PREFIX + "partition") or b"?"
+        offset = record.header(RETRY_PREFIX + "offset") or b"?"
+        return b"/".join((topic, partition, offset)).decode(errors="replace")
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+def _origin_topic(record: Record) -> str:
+    topic = record.header(RETRY_PREFIX + "topic")
+    return topic.decode(errors="replace") if topic is not None else record.topic
 
 
 def _record_time(record: Record) -> str | None:
@@ -468,6 +518,9 @@ class Readers:
                 self._by_topic[topic] = CloudEventsReader(data, json, names, schema)
             else:
                 self._by_topic[topic] = self._default
+            for route in on_topic:  # its delayed retry topics carry the same format
+                for retry_topic in route.retry_topics:
+                    self._by_topic.setdefault(retry_topic, self._by_topic[topic])
         readers = set(self._by_topic.values())
         if len(readers) <= 1:
             # One reader for every topic (the usual case): no lookup per record.
@@ -497,28 +550,24 @@ def _family(fmt: str) -> str:
 class Writer(Protocol):
     """Writes the events of one or more routes of one format."""
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
-        """The value and the headers of a new record for event ``name``."""
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+        """The value and the headers of a new record for an event of type ``ce_type``
+        (the type on the wire: ``Writers.type_of`` maps the signal name)."""
 
 
 class BinaryWriter:
     """CloudEvents binary mode: the data by ``codec``, the attributes in headers."""
 
-    __slots__ = ("_build", "_encode", "_types")
+    __slots__ = ("_build", "_encode")
 
     def __init__(
-        self,
-        encode: Callable[[Mapping[str, Any]], bytes],
-        headers: HeaderBuilder,
-        types: Mapping[str, str],
+        self, encode: Callable[[Mapping[str, Any]], bytes], headers: HeaderBuilder
     ) -> None:
         self._encode = encode
         self._build = headers.build
-        self._types = types or None
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
-        types = self._types
-        return self._encode(payload), self._build(types.get(name, name) if types else name)
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+        return self._encode(payload), self._build(ce_type)
 
 
 def _trace_headers(headers: Headers) -> Headers:
@@ -533,24 +582,21 @@ def _trace_headers(headers: Headers) -> Headers:
 class StructuredWriter:
     """CloudEvents structured mode: one JSON object with the attributes and ``data``."""
 
-    __slots__ = ("_clock", "_json", "_origin", "_source", "_types")
+    __slots__ = ("_clock", "_json", "_origin", "_source")
 
-    def __init__(
-        self, json: JsonCodec, service: str, origin: str, types: Mapping[str, str]
-    ) -> None:
+    def __init__(self, json: JsonCodec, service: str, origin: str) -> None:
         self._json = json
         self._source = service
         self._origin = origin
-        self._types = types
         self._clock = Clock()
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
         data = self._json.encode(payload)
         attributes: dict[str, Any] = {
             "specversion": "1.0",
             "id": new_event_id().decode(),
             "source": self._source,
-            "type": self._types.get(name, name),
+            "type": ce_type,
             "time": self._clock.now().decode(),
             "datacontenttype": JSON_CONTENT_TYPE,
             "eventbusorigin": self._origin,
@@ -569,19 +615,16 @@ class StructuredWriter:
 class JsonWriter:
     """A plain JSON object (with the type in ``type_field`` if the route names one)."""
 
-    __slots__ = ("_json", "_origin", "_type_field", "_types")
+    __slots__ = ("_json", "_origin", "_type_field")
 
-    def __init__(
-        self, json: JsonCodec, origin: str, type_field: str | None, types: Mapping[str, str]
-    ) -> None:
+    def __init__(self, json: JsonCodec, origin: str, type_field: str | None) -> None:
         self._json = json
         self._origin = origin.encode()
         self._type_field = type_field
-        self._types = types
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
         if self._type_field is not None:
-            payload = {self._type_field: self._types.get(name, name), **payload}
+            payload = {self._type_field: ce_type, **payload}
         return self._json.encode(payload), _trace_headers([(ORIGIN, self._origin)])
 
 
@@ -600,7 +643,7 @@ class GoMicroWriter:
         self._origin = origin
         self._topic = topic
 
-    def write(self, name: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
+    def write(self, ce_type: str, payload: Mapping[str, Any]) -> tuple[bytes, Headers]:
         body = base64.b64encode(self._json.encode(payload)).decode("ascii")
         header = {
             "Content-Type": JSON_CONTENT_TYPE,
@@ -617,7 +660,7 @@ class GoMicroWriter:
 
 
 # Go's encoding/json: struct fields in order, map keys sorted, no spaces, UTF-8.
-_GO_JSON = json_module.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_GO_JSON = _COMPACT_JSON
 
 
 def go_message(header: Mapping[str, str], body: str) -> bytes:
@@ -628,9 +671,10 @@ def go_message(header: Mapping[str, str], body: str) -> bytes:
 
 
 class Writers:
-    """The writer of each outbound route (routes of the same format share one)."""
+    """The writer of each outbound route (routes of the same format share one), and the
+    type each route writes for a signal name."""
 
-    __slots__ = ("_by_route",)
+    __slots__ = ("_by_route", "_types")
 
     def __init__(
         self, routes: Sequence[Route], codec: MsgpackCodec, service: str, origin: str
@@ -638,37 +682,35 @@ class Writers:
         json = JsonCodec(max_size=codec.max_size, max_depth=codec.max_depth)
         made: dict[tuple[Any, ...], Writer] = {}
         self._by_route: dict[int, Writer] = {}
+        self._types: dict[int, dict[str, str]] = {}
         for route in routes:
             table = route.types if isinstance(route.types, Mapping) else {}
-            types = {signal: foreign for foreign, signal in table.items()}
+            self._types[id(route)] = {signal: foreign for foreign, signal in table.items()}
             topic = route.topic if route.format == "go-micro" else None
-            spec = (route.format, route.content_type, route.type_field, tuple(types.items()), topic)
+            spec = (route.format, route.content_type, route.type_field, topic)
             writer = made.get(spec)
             if writer is None:
-                writer = made[spec] = self._make(route, types, codec, json, service, origin)
+                writer = made[spec] = self._make(route, codec, json, service, origin)
             self._by_route[id(route)] = writer
 
     @staticmethod
     def _make(
-        route: Route,
-        types: dict[str, str],
-        codec: MsgpackCodec,
-        json: JsonCodec,
-        service: str,
-        origin: str,
+        route: Route, codec: MsgpackCodec, json: JsonCodec, service: str, origin: str
     ) -> Writer:
         if route.format == "cloudevents-structured":
-            return StructuredWriter(json, service, origin, types)
+            return StructuredWriter(json, service, origin)
         if route.format == "json":
-            return JsonWriter(json, origin, route.type_field, types)
+            return JsonWriter(json, origin, route.type_field)
         if route.format == "go-micro":
             return GoMicroWriter(json, origin, route.topic)
         if route.content_type == JSON_CONTENT_TYPE:
-            return BinaryWriter(
-                json.encode, HeaderBuilder(service, origin, JSON_CONTENT_TYPE), types
-            )
-        return BinaryWriter(codec.encode, HeaderBuilder(service, origin), types)
+            return BinaryWriter(json.encode, HeaderBuilder(service, origin, JSON_CONTENT_TYPE))
+        return BinaryWriter(codec.encode, HeaderBuilder(service, origin))
 
     def of(self, route: Route) -> Writer:
         """The writer of ``route`` (one of the routes this was made with)."""
         return self._by_route[id(route)]
+
+    def type_of(self, route: Route, name: str) -> str:
+        """The type ``route`` writes for signal ``name`` (its ``types`` map it back)."""
+        return self._types[id(route)].get(name, name)

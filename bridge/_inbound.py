@@ -46,7 +46,7 @@ from ._dead_letters import DeadLetter, DeadLetters, bounded_traceback, where
 from ._dedup import DedupStore
 from ._envelope import MSGPACK, Envelope, trace_context
 from ._errors import DecodeError
-from ._formats import Readers
+from ._formats import Batched, Readers
 from ._interleave import Interleaved
 from ._remote import Remote
 from ._rerun import RERUN_ID, RerunError, read_rerun
@@ -264,9 +264,10 @@ class Inbound:
         reason = f"unexpected error: {exc!r}"
         return self._dead_letter(record, None, reason, type(exc).__name__, (), 0)
 
-    def _prepare(self, record: Record) -> _Job | Outcome:
+    def _prepare(self, record: Record) -> _Job | Outcome | Batched:
         """Decode and route one record: the job of running its handlers, or the outcome
-        when there is none to run (an echo, unrouted, a duplicate, a dead letter)."""
+        when there is none to run (an echo, unrouted, a duplicate, a dead letter), or the
+        events of a batch record."""
         try:
             envelope, payload = self.readers.read(record)  # decoded already, or None
             event_id, source, name, at, origin, _, _, content, extensions = envelope
@@ -274,6 +275,8 @@ class Inbound:
                 return ECHO
         except DecodeError as exc:
             return self._dead_letter(record, None, f"undecodable record: {exc}", "decode", (), 0)
+        except Batched as batch:
+            return batch
         topic = record.topic
         route = self._cache.get((topic, name))
         if route is None and (topic, name) not in self._cache:
@@ -376,6 +379,8 @@ class Inbound:
         """Process one record to the end on this thread. Never raises for bad input."""
         job = self._prepare(record)
         if job.__class__ is not tuple:
+            if job.__class__ is Batched:
+                return self._process_batch(job.records)
             return job  # type: ignore[return-value]
         route, envelope, name, payload, sender, redo = job
         traceparent = envelope.traceparent
@@ -411,6 +416,14 @@ class Inbound:
         """Process one record to the end on the event loop (``concurrency`` on a loop)."""
         job = self._prepare(record)
         if job.__class__ is not tuple:
+            if job.__class__ is Batched:
+                outcomes = []
+                for event in job.records:
+                    outcome = await self._process_async(event, stopped)
+                    if outcome == NOT_DONE:
+                        return NOT_DONE
+                    outcomes.append(outcome)
+                return await asyncio.to_thread(self._batch_done, outcomes)
             return job  # type: ignore[return-value]
         route, envelope, name, payload, sender, redo = job
         executor = self._scheduler.pool if self._scheduler is not None else None
@@ -438,6 +451,41 @@ class Inbound:
             self._retried(attempts, failures)
             failures = await _retry_async(failures, envelope)
         return self._finish(record, route, envelope, failures, attempts, redo)
+
+    def _process_batch(self, events: tuple[Record, ...]) -> Outcome:
+        """The events of a batch record, in order, each like a record of its own (own
+        id for dedup; a failed one is retried, or dead-lettered alone, as a record of
+        that one event in structured mode); the batch's outcome once all are done."""
+        outcomes: list[Outcome] = []
+        for event in events:
+            try:
+                outcome = self._process(event)
+            except Exception as exc:  # as for any record: the batch goes on
+                outcome = self._unexpected(event, exc)
+            if outcome == NOT_DONE:
+                return NOT_DONE  # the batch record comes again; dedup skips handled events
+            outcomes.append(outcome)
+        return self._batch_done(outcomes)
+
+    def _batch_done(self, outcomes: list[Outcome]) -> Outcome:
+        """One outcome for a batch record whose events had ``outcomes``: its dead letters
+        and retries confirmed first (NOT_DONE if they cannot be: the bridge is stopping).
+        Counted as one record: a dead letter if an event was dead-lettered, else a retry
+        if one went to a retry topic, else handled if one was handled."""
+        letters = [x for x in outcomes if isinstance(x, DeadLetter)]
+        if letters:
+            _, unconfirmed = self.dead_letters.confirm(letters)
+            if unconfirmed:
+                return NOT_DONE
+            self.count_scheduled(x.topic for x in letters if not x.counted)
+        kinds = {
+            x if isinstance(x, int) else DEAD_LETTERED if x.counted else RETRY_SCHEDULED
+            for x in outcomes
+        }
+        for outcome in (DEAD_LETTERED, RETRY_SCHEDULED, HANDLED):
+            if outcome in kinds:
+                return outcome
+        return min(kinds, default=UNROUTED)  # echoes, unrouted or duplicates only
 
     def _finish(
         self,

@@ -19,8 +19,13 @@ typed handler gets the same types whatever the format.
 
 Decoding is bounded: the size is checked first, the nesting depth after parsing (and a
 parser recursion error is a ``DecodeError`` too), NaN and Infinity are refused, ints are
-limited by Python's ``int_max_str_digits``; nothing runs but the parser. The stdlib
-``json`` module is used: see docs/performance.md for why.
+limited by Python's ``int_max_str_digits``; nothing runs but the parser.
+
+The stdlib ``json`` module is the reference. With the ``json`` extra installed, orjson
+encodes and msgspec decodes first (several times faster, docs/performance.md); whatever
+they refuse, or would write differently (NaN, floats orjson spells otherwise), goes
+through the stdlib, so the bytes and the values are the same either way. One documented
+difference: orjson writes a plain ``Enum`` member as its value, the stdlib refuses it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ from uuid import UUID
 
 from ._errors import DecodeError, EncodeError
 from ._transport import MESSAGE_MAX_BYTES
+
+try:  # the json extra
+    import orjson
+except ImportError:  # pragma: no cover - the extra absent
+    orjson = None  # type: ignore[assignment]
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - the extra absent
+    msgspec = None  # type: ignore[assignment]
+
+ACCELERATED: Final = orjson is not None and msgspec is not None
+"""True when the json extra is installed (orjson and msgspec)."""
 
 JSON_CONTENT_TYPE: Final = "application/json"
 
@@ -81,6 +98,29 @@ def _refuse_constant(name: str) -> Any:
     raise DecodeError(f"malformed JSON: {name} is not a JSON number")
 
 
+# orjson hands datetimes and dataclasses to _default as the stdlib encoder does.
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS if orjson else 0
+)
+
+
+def _orjson_encode(payload: Mapping[str, Any]) -> bytes | None:
+    """orjson's bytes for ``payload`` when they are the stdlib encoder's, else None."""
+    try:
+        data = orjson.dumps(payload, default=_default, option=_ORJSON_OPTIONS)
+    except Exception:  # orjson's refusals (big ints, surrogates...): the stdlib says why
+        return None
+    if b"null" in data or b"e-" in data or b"0.0000" in data:
+        # NaN/Infinity (orjson writes null), or a float below 1e-4 (orjson writes 1e-7 and
+        # 0.00001 where the stdlib writes 1e-07 and 1e-05): the stdlib's bytes or error.
+        return None
+    return data
+
+
+def _msgspec_decoder() -> Callable[[Any], Any]:
+    return msgspec.json.Decoder().decode
+
+
 class JsonCodec:
     """Encode a payload as one JSON object (UTF-8), and decode one back, within limits.
 
@@ -90,7 +130,9 @@ class JsonCodec:
 
     content_type: str = JSON_CONTENT_TYPE
 
-    def __init__(self, *, max_size: int = MESSAGE_MAX_BYTES, max_depth: int = 32) -> None:
+    def __init__(
+        self, *, max_size: int = MESSAGE_MAX_BYTES, max_depth: int = 32, accelerate: bool = True
+    ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         if max_depth < 1:
@@ -100,6 +142,9 @@ class JsonCodec:
         self._encoder = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_default
         )
+        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)  # one, not per call
+        self._fast_encode = _orjson_encode if accelerate and ACCELERATED else None
+        self._fast_decode = _msgspec_decoder() if accelerate and ACCELERATED else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_size={self.max_size}, max_depth={self.max_depth})"
@@ -111,6 +156,14 @@ class JsonCodec:
         if not isinstance(payload, Mapping):
             raise EncodeError(f"payload: must be a mapping with str keys, not {type(payload)}")
         self._check_tree(payload, EncodeError)
+        if self._fast_encode is not None:
+            data = self._fast_encode(payload)
+            if data is not None:
+                if len(data) > self.max_size:
+                    raise EncodeError(
+                        f"payload: encoded size {len(data)} bytes exceeds max_size={self.max_size}"
+                    )
+                return data
         try:
             data = self._encoder.encode(payload).encode("utf-8")
         except EncodeError as exc:
@@ -130,6 +183,24 @@ class JsonCodec:
 
     def decode_object(self, data: bytes, expected: str) -> dict[str, Any]:
         """Parse ``data`` as one JSON object; ``expected`` names it in error reasons."""
+        result = self._load(data, expected)
+        if type(result) is not dict:
+            raise DecodeError(f"top level is a JSON {_json_kind(result)}, expected {expected}")
+        for value in result.values():
+            if type(value) in _DECODED_CONTAINERS:
+                self._check_tree(result, DecodeError)
+                break
+        return result
+
+    def decode_array(self, data: bytes, expected: str) -> list[Any]:
+        """Parse ``data`` as one JSON array (of anything, bounded like an object)."""
+        result = self._load(data, expected)
+        if type(result) is not list:
+            raise DecodeError(f"top level is a JSON {_json_kind(result)}, expected {expected}")
+        self._check_tree(result, DecodeError)
+        return result
+
+    def _load(self, data: bytes, expected: str) -> Any:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError(f"value must be bytes, expected {expected}")
         size = len(data)
@@ -137,9 +208,14 @@ class JsonCodec:
             raise DecodeError(f"empty value: expected {expected}")
         if size > self.max_size:
             raise DecodeError(f"value of {size} bytes exceeds max_size={self.max_size}")
+        if self._fast_decode is not None:
+            try:
+                return self._fast_decode(data)
+            except (msgspec.DecodeError, RecursionError):
+                pass  # the stdlib parser: the same value (1e400, "\ud800") or reason
         try:
             text = bytes(data).decode("utf-8")
-            result = json.loads(text, parse_constant=_refuse_constant)
+            result = self._decoder.decode(text)
         except DecodeError:
             raise
         except UnicodeDecodeError as exc:
@@ -150,12 +226,6 @@ class JsonCodec:
             raise DecodeError(f"nesting deeper than max_depth={self.max_depth}") from None
         except ValueError as exc:  # json.JSONDecodeError, or an int over int_max_str_digits
             raise DecodeError(f"malformed JSON: {exc}; expected {expected}") from None
-        if type(result) is not dict:
-            raise DecodeError(f"top level is a JSON {_json_kind(result)}, expected {expected}")
-        for value in result.values():
-            if type(value) in _DECODED_CONTAINERS:
-                self._check_tree(result, DecodeError)
-                break
         return result
 
     def _check_tree(self, payload: Any, error: type[Exception]) -> None:
@@ -188,6 +258,8 @@ class JsonCodec:
 
 
 def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
     if isinstance(value, list):
         return "array"
     if isinstance(value, str):

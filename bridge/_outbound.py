@@ -19,7 +19,7 @@ from eventbus import Event, EventBus, compile_pattern
 
 from ._codec import MsgpackCodec
 from ._errors import BridgeError, DeliveryError, EncodeError
-from ._formats import Writers
+from ._formats import Writer, Writers
 from ._remote import Remote
 from ._routes import Route
 from ._stats import Stats
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridge")
 
+_Target = tuple[Route, Writer, str]
+"""A route an event goes to, the writer of its format and the type it writes."""
 _HEADROOM = 16_384
 """An emit whose value and key are this far below the record limit needs no exact count:
 its headers are the bridge's own (CloudEvents attributes, trace context), far smaller."""
@@ -73,7 +75,7 @@ class Outbound:
         self.tracing = tracing  # None: no spans (see _tracing)
         self._sent = 0  # records handed to a failures-only producer
         self._writers = Writers(self.routes, codec, service, bridge_id)
-        self._cache: dict[tuple[str, str], tuple[Route, ...]] = {}
+        self._cache: dict[tuple[str, str], tuple[_Target, ...]] = {}
         self._patterns = tuple(dict.fromkeys(s for r in self.routes for s in r.signals))
         self._handlers: list[Callable[[Event], None]] = []
         self.producer: Producer | None = None
@@ -142,45 +144,47 @@ class Outbound:
             sender = event.sender
             if type(sender) is Remote and sender.bridge == self.bridge_id:
                 return  # arrived through this bridge: never re-published
-            routes = self._cache.get((pattern, event.name))
-            if routes is None:
-                routes = self._routes_of(pattern, event.name)
-            if routes:
-                self.publish(event.name, event.payload, routes)
+            targets = self._cache.get((pattern, event.name))
+            if targets is None:
+                targets = self._targets_of(pattern, event.name)
+            if targets:
+                self.publish(event.name, event.payload, targets)
 
         publish.__qualname__ = f"Bridge.outbound[{pattern}]"
         return publish
 
-    def _routes_of(self, pattern: str, name: str) -> tuple[Route, ...]:
+    def _targets_of(self, pattern: str, name: str) -> tuple[_Target, ...]:
         # Several patterns may match one name; only the first one's handler publishes,
         # so an event goes once to each matching route.
         first = next(p for p in self._patterns if _pattern_matches(p, name))
         routes = tuple(r for r in self.routes if r.matches(name)) if first == pattern else ()
-        self._cache[(pattern, name)] = routes
-        return routes
+        writers = self._writers
+        targets = tuple((r, writers.of(r), writers.type_of(r, name)) for r in routes)
+        self._cache[(pattern, name)] = targets
+        return targets
 
-    def publish(self, name: str, payload: Mapping[str, Any], routes: tuple[Route, ...]) -> None:
-        """Encode one event and queue it to each of ``routes`` (or to the outbox)."""
+    def publish(self, name: str, payload: Mapping[str, Any], targets: tuple[_Target, ...]) -> None:
+        """Encode one event and queue it to the route of each of ``targets`` (or to the
+        outbox): ``(route, its writer, the type it writes)``, found once per name."""
         producer = self.producer
         if producer is None:
             raise RuntimeError("bridge is not started")
         if self._closing:
             raise BridgeError(
                 f"bridge {self.service} is stopping: event {name!r} was not sent "
-                f"(to {', '.join(repr(r.topic) for r in routes)})"
+                f"(to {', '.join(repr(t[0].topic) for t in targets)})"
             )
-        writer_of = self._writers.of
-        last = None
+        last_writer: Writer | None = None
+        last_type = ""
         value = b""
         headers: Sequence[tuple[str, bytes]] = ()
-        for route in routes:
-            writer = writer_of(route)
-            if writer is not last:  # routes of one format share the record
+        for route, writer, ce_type in targets:
+            if writer is not last_writer or ce_type != last_type:  # else the same record
                 try:
-                    value, headers = writer.write(name, payload)
+                    value, headers = writer.write(ce_type, payload)
                 except EncodeError as exc:
                     raise self._encode_error(name, route.topic, exc) from exc
-                last = writer
+                last_writer, last_type = writer, ce_type
             key = None
             if route.key is not None:
                 try:

@@ -587,7 +587,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
     """One line for a record: decoded, or marked undecodable with the reason. Never raises."""
-    from ._formats import Readers
+    from ._formats import Batched, Readers
 
     key = record.key.decode(errors="replace") if record.key is not None else None
     where = f"{record.topic}/{record.partition}@{record.offset}"
@@ -598,7 +598,7 @@ def format_record(record: Any, codec: Any, *, as_json: bool) -> str:
         envelope, payload = readers.read(record)
         if payload is None:
             payload = readers.decode(record, envelope)
-    except ValueError as exc:  # DecodeError of the envelope or the codec
+    except (ValueError, Batched) as exc:  # DecodeError, or a batch of events: not shown
         size = len(record.value or b"")
         if as_json:
             return json.dumps(

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import ConfigError, DecodeError, EncodeError, MsgpackCodec, Route
-from bridge._formats import Readers, Writers
-from bridge._json import JsonCodec, restore
+from bridge._formats import MAX_BATCH_EVENTS, Batched, Readers, Writers
+from bridge._json import ACCELERATED, JsonCodec, restore
 from bridge._transport import Record
 from eventbus import event
 
@@ -167,6 +167,57 @@ def test_json_decode_of_arbitrary_bytes_is_a_dict_or_a_decode_error(data: bytes)
         assert type(JsonCodec(max_depth=8).decode(data)) is dict
 
 
+# The json extra (orjson encodes, msgspec decodes) against the stdlib: the same bytes,
+# values and reasons. make test installs the extra.
+with_extra = pytest.mark.skipif(not ACCELERATED, reason="the json extra is not installed")
+any_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.floats()
+    | st.datetimes(timezones=st.none() | st.timezones())
+    | st.dates()
+    | st.uuids()
+    | st.decimals()
+    | st.binary(max_size=8)
+    | st.sampled_from([1e-5, 1.5e-7, -2.5e-10, 1e16, 1e22, 5e-324, 2**64, -(2**63) - 1]),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def outcome(call: Any, *args: Any) -> Any:
+    try:
+        return ("ok", call(*args))
+    except (DecodeError, EncodeError) as exc:
+        return ("error", str(exc))
+
+
+@with_extra
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=8), any_values, max_size=6))
+def test_the_json_extra_writes_the_stdlib_bytes(payload: dict[str, Any]) -> None:
+    fast, stdlib = JsonCodec(max_depth=6), JsonCodec(max_depth=6, accelerate=False)
+    assert outcome(fast.encode, payload) == outcome(stdlib.encode, payload)
+
+
+@with_extra
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.binary(max_size=100)
+    | st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.text(max_size=5), json_values))
+    | st.sampled_from(
+        [b'{"a": 1e400}', b'{"a": "\\ud800"}', b'{"a": NaN}', b'{"a": %d}' % 2**80, b"[1, 2]"]
+    )
+)
+def test_the_json_extra_reads_the_stdlib_values(data: bytes) -> None:
+    fast, stdlib = JsonCodec(max_depth=6), JsonCodec(max_depth=6, accelerate=False)
+    assert outcome(fast.decode, data) == outcome(stdlib.decode, data)
+
+
 # -- the cloudevents reader: binary mode --------------------------------------------------
 
 
@@ -198,11 +249,6 @@ def test_binary_mode_data_by_content_type_or_by_its_look() -> None:
             b'{"n": 1}',
             [("content-type", b"application/json")],
             "not a CloudEvent: no ce_specversion",
-        ),
-        (
-            b"[]",
-            [("content-type", b"application/cloudevents-batch+json")],
-            "batch .* not supported",
         ),
     ],
 )
@@ -365,6 +411,7 @@ header_values = st.sampled_from(
         b"a.b",
         b"application/json",
         b"application/cloudevents+json",
+        b"application/cloudevents-batch+json",
         b"application/vnd.msgpack",
         b"",
         b"\xff",
@@ -388,6 +435,10 @@ header_values = st.sampled_from(
         ).encode(),
         st.dictionaries(st.text(max_size=3), st.text(max_size=3) | st.integers()),
         st.binary(max_size=30) | st.builds(lambda d: json.dumps(d).encode(), json_values),
+    )
+    | st.builds(
+        lambda ds: b"[%s]" % b",".join(structured(data=d) for d in ds),
+        st.lists(st.dictionaries(st.text(max_size=3), json_values) | json_values, max_size=3),
     ),
 )
 def test_every_reader_yields_a_payload_or_a_decode_error(
@@ -399,12 +450,59 @@ def test_every_reader_yields_a_payload_or_a_decode_error(
         "json-field": Route.inbound("**", topic="t", format="json", type_field="type"),
         "go-micro": Route.inbound("a.b", topic="t", format="go-micro"),
     }[kind]
+    r = readers(route, schema=Thing)
     try:
-        envelope, payload = read_all(readers(route, schema=Thing), rec(value, headers))
+        envelope, payload = read_all(r, rec(value, headers))
     except DecodeError:
+        return
+    except Batched as batch:  # each event of a batch: a payload or a decode error
+        assert len(batch.records) <= MAX_BATCH_EVENTS
+        for record in batch.records:
+            with contextlib.suppress(DecodeError):
+                envelope, payload = read_all(r, record)
+                assert type(payload) is dict and isinstance(envelope.id, str)
         return
     assert type(payload) is dict
     assert isinstance(envelope.id, str) and isinstance(envelope.type, str)
+
+
+# -- the cloudevents reader: batch mode ---------------------------------------------------
+
+BATCH = [("content-type", b"application/cloudevents-batch+json"), ("x-app", b"a")]
+
+
+def test_a_batch_is_one_structured_record_per_event_in_order() -> None:
+    r = readers()
+    value = b"[%s, %s]" % (structured(id="e1", data={"n": 1}), structured(id="e2", data={"n": 2}))
+    with pytest.raises(Batched) as caught:
+        r.read(rec(value, BATCH, offset=9))
+    first, second = caught.value.records
+    for record in (first, second):
+        assert (record.topic, record.partition, record.offset) == ("t", 0, 9)
+        assert record.headers == [
+            ("x-app", b"a"),
+            ("content-type", b"application/cloudevents+json"),
+        ]
+    assert [read_all(r, x)[0].id for x in (first, second)] == ["e1", "e2"]
+    assert [read_all(r, x)[1] for x in (first, second)] == [{"n": 1}, {"n": 2}]
+    with pytest.raises(Batched) as caught:
+        r.read(rec(b"[]", BATCH))
+    assert caught.value.records == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{}", "top level is a JSON object, expected a JSON array of CloudEvents"),
+        (b"[1]", "a batch item is not a JSON object"),
+        (b"[" + b",".join([b"{}"] * (MAX_BATCH_EVENTS + 1)) + b"]", "at most 1000 per record"),
+        (b"[" * 40 + b"]" * 40, "nesting deeper than max_depth"),
+        (b"[{}", "malformed JSON"),
+    ],
+)
+def test_batch_refusals_name_what_was_expected(value: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        readers().read(rec(value, BATCH))
 
 
 # -- writers ------------------------------------------------------------------------------
@@ -416,7 +514,7 @@ def test_routes_of_one_format_share_a_writer_and_types_are_written_foreign() -> 
     c = Route.outbound("x.*", topic="c", content_type="application/json", types={"X/y": "x.y"})
     writers = Writers([a, b, c], MsgpackCodec(), "svc", "origin")
     assert writers.of(a) is writers.of(b) is not writers.of(c)
-    value, headers = writers.of(c).write("x.y", {"n": 1})
+    value, headers = writers.of(c).write(writers.type_of(c, "x.y"), {"n": 1})
     assert json.loads(value) == {"n": 1}
     assert dict(headers)["ce_type"] == b"X/y"
     assert dict(headers)["content-type"] == b"application/json"

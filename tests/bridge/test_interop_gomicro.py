@@ -4,7 +4,9 @@ The peer (tests/bridge/gomicro_peer, Go on IBM/sarama, built here with its modul
 under .cache/go) publishes and subscribes exactly as go-micro's Kafka broker plugin does
 with the JSON codec. The seed's story: a Go user service publishes a student message to
 ``go.micro.srv.message`` and a Python message service handles it; a Python emit is read by
-the Go subscriber. The go-micro test vectors are checked by the peer and by the bridge.
+the Go subscriber. The test vectors of every format (vectors.json, vectors-json.json,
+vectors-go-micro.json) are checked by the peer (each file by a Go reader of its own),
+those of go-micro here by the bridge too.
 """
 
 from __future__ import annotations
@@ -140,6 +142,27 @@ def test_a_python_emit_reaches_a_go_micro_subscriber(
 def test_the_go_peer_checks_the_vectors(gomicro_peer: Path) -> None:
     [line] = peer(gomicro_peer, "vectors", str(Path(__file__).parent / "vectors-go-micro.json"))
     assert line == f"ok {len(VECTORS['valid'])} valid, {len(VECTORS['invalid'])} invalid"
+
+
+def test_the_go_peer_checks_the_msgpack_vectors(gomicro_peer: Path) -> None:
+    """vectors.json read by a msgpack reader written in Go from docs/wire-format.md alone
+    (gomicro_peer/msgpack.go, no msgpack library): each valid value is its payload (ext
+    types included: datetimes with their offsets, dates, UUIDs, decimals by digits and
+    exponent), each invalid one is refused, the huge declared lengths without allocating."""
+    path = Path(__file__).parent / "vectors.json"
+    vectors = json.loads(path.read_text("utf-8"))
+    [line] = peer(gomicro_peer, "msgpack-vectors", str(path))
+    assert line == f"ok {len(vectors['valid'])} valid, {len(vectors['invalid'])} invalid"
+
+
+def test_the_go_peer_checks_the_json_data_vectors(gomicro_peer: Path) -> None:
+    """vectors-json.json: each valid value read by Go's encoding/json as its payload (the
+    typed values as their documented strings), each invalid one refused by a Go reader
+    with the bounds docs/wire-format.md asks for."""
+    path = Path(__file__).parent / "vectors-json.json"
+    vectors = json.loads(path.read_text("utf-8"))
+    [line] = peer(gomicro_peer, "json-vectors", str(path))
+    assert line == f"ok {len(vectors['valid'])} valid, {len(vectors['invalid'])} invalid"
 
 
 def _read(value: str) -> tuple[Any, dict[str, Any]]:

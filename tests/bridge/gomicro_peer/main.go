@@ -4,18 +4,24 @@
 //	peer publish <bootstrap> <topic> <name> <age>   one go-micro event, as micro.NewEvent(...).Publish
 //	peer subscribe <bootstrap> <topic> <count>      print each message's Header and Body, one JSON line each
 //	peer vectors <file>                             check the go-micro test vectors
+//	peer json-vectors <file>                        check the JSON data vectors (vectors-json.json)
+//	peer msgpack-vectors <file>                     check the msgpack vectors (vectors.json, msgpack.go)
 //
 // Used by tests/bridge/test_interop_gomicro.py; see docs/interoperability.md.
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -214,6 +220,165 @@ func vectors(path string) {
 	fmt.Printf("ok %d valid, %d invalid\n", len(file.Valid), len(file.Invalid))
 }
 
+// decodeJSON reads one JSON object as docs/wire-format.md#json-data asks of a reader:
+// numbers kept exact (json.Number), nesting at most 32 deep, integers of at most 4300
+// digits (what Python's json module reads), exactly one value.
+func decodeJSON(data []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var object map[string]any
+	if err := dec.Decode(&object); err != nil {
+		return nil, err
+	}
+	if object == nil {
+		return nil, fmt.Errorf("not an object")
+	}
+	if _, err := dec.Token(); err == nil {
+		return nil, fmt.Errorf("trailing data")
+	}
+	if err := bounded(object, 1); err != nil {
+		return nil, err
+	}
+	return object, nil
+}
+
+func bounded(value any, depth int) error {
+	switch v := value.(type) {
+	case map[string]any:
+		if depth > 32 {
+			return fmt.Errorf("nesting deeper than 32")
+		}
+		for _, item := range v {
+			if err := bounded(item, depth+1); err != nil {
+				return err
+			}
+		}
+	case []any:
+		if depth > 32 {
+			return fmt.Errorf("nesting deeper than 32")
+		}
+		for _, item := range v {
+			if err := bounded(item, depth+1); err != nil {
+				return err
+			}
+		}
+	case json.Number:
+		if !strings.ContainsAny(string(v), ".eE") && len(strings.TrimLeft(string(v), "-")) > 4300 {
+			return fmt.Errorf("an integer of more than 4300 digits")
+		}
+	}
+	return nil
+}
+
+// sameJSON compares a decoded value with a vector's payload in the typed JSON form of
+// vectors.json: {"$datetime": ...} is an RFC 3339 string (same instant, same offset),
+// $date, $uuid and $decimal their text, $bytes (hex) standard base64.
+func sameJSON(got, want any) error {
+	if typed, ok := want.(map[string]any); ok && len(typed) == 1 {
+		for key, text := range typed {
+			s, _ := text.(string)
+			str, isStr := got.(string)
+			switch key {
+			case "$datetime":
+				w, err1 := time.Parse(time.RFC3339Nano, s)
+				g, err2 := time.Parse(time.RFC3339Nano, str)
+				_, wo := w.Zone()
+				_, gof := g.Zone()
+				if !isStr || err1 != nil || err2 != nil || !w.Equal(g) || wo != gof {
+					return fmt.Errorf("%v is not the datetime %s", got, s)
+				}
+				return nil
+			case "$date", "$uuid", "$decimal":
+				if !isStr || str != s {
+					return fmt.Errorf("%v is not %s", got, s)
+				}
+				return nil
+			case "$bytes":
+				w, _ := hex.DecodeString(s)
+				g, err := base64.StdEncoding.DecodeString(str)
+				if !isStr || err != nil || !bytes.Equal(w, g) {
+					return fmt.Errorf("%v is not base64 of %s", got, s)
+				}
+				return nil
+			}
+		}
+	}
+	switch w := want.(type) {
+	case map[string]any:
+		g, ok := got.(map[string]any)
+		if !ok || len(g) != len(w) {
+			return fmt.Errorf("%v is not the object %v", got, w)
+		}
+		for key, item := range w {
+			if err := sameJSON(g[key], item); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+		}
+		return nil
+	case []any:
+		g, ok := got.([]any)
+		if !ok || len(g) != len(w) {
+			return fmt.Errorf("%v is not the array %v", got, w)
+		}
+		for i := range w {
+			if err := sameJSON(g[i], w[i]); err != nil {
+				return fmt.Errorf("[%d]: %w", i, err)
+			}
+		}
+		return nil
+	}
+	if !reflect.DeepEqual(got, want) {
+		return fmt.Errorf("%v is not %v", got, want)
+	}
+	return nil
+}
+
+func jsonVectors(path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		fail("%v", err)
+	}
+	var file struct {
+		Valid []struct {
+			Name    string          `json:"name"`
+			Value   string          `json:"value"`
+			Payload json.RawMessage `json:"payload"`
+		} `json:"valid"`
+		Invalid []struct {
+			Name  string `json:"name"`
+			Value string `json:"value"`
+		} `json:"invalid"`
+	}
+	if err := json.Unmarshal(data, &file); err != nil {
+		fail("vectors: %v", err)
+	}
+	for _, v := range file.Valid {
+		got, err := decodeJSON([]byte(v.Value))
+		if err != nil {
+			fail("%s: %v", v.Name, err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(v.Payload))
+		dec.UseNumber()
+		var want any
+		if err := dec.Decode(&want); err != nil {
+			fail("%s: payload: %v", v.Name, err)
+		}
+		if err := sameJSON(got, want); err != nil {
+			fail("%s: %v", v.Name, err)
+		}
+		var compact bytes.Buffer // the value is written without spaces
+		if err := json.Compact(&compact, []byte(v.Value)); err != nil || compact.String() != v.Value {
+			fail("%s: not compact JSON", v.Name)
+		}
+	}
+	for _, v := range file.Invalid {
+		if _, err := decodeJSON([]byte(v.Value)); err == nil {
+			fail("%s: a bounded Go reader accepts it", v.Name)
+		}
+	}
+	fmt.Printf("ok %d valid, %d invalid\n", len(file.Valid), len(file.Invalid))
+}
+
 func main() {
 	if len(os.Args) < 3 {
 		fail("usage: peer publish|subscribe|vectors ...")
@@ -227,6 +392,10 @@ func main() {
 		subscribe(os.Args[2], os.Args[3], count)
 	case "vectors":
 		vectors(os.Args[2])
+	case "json-vectors":
+		jsonVectors(os.Args[2])
+	case "msgpack-vectors":
+		msgpackVectors(os.Args[2])
 	default:
 		fail("unknown command %s", os.Args[1])
 	}
