@@ -197,7 +197,7 @@ def outcome(call: Any, *args: Any) -> Any:
 
 
 @with_extra
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(max_size=8), any_values, max_size=6))
 def test_the_json_extra_writes_the_stdlib_bytes(payload: dict[str, Any]) -> None:
     fast, stdlib = JsonCodec(max_depth=6), JsonCodec(max_depth=6, accelerate=False)
@@ -205,7 +205,7 @@ def test_the_json_extra_writes_the_stdlib_bytes(payload: dict[str, Any]) -> None
 
 
 @with_extra
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.binary(max_size=100)
     | st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.text(max_size=5), json_values))
