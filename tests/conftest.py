@@ -9,6 +9,7 @@ docs/development.md. Tests marked ``postgres`` or using ``postgres_url`` do the 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -34,6 +35,17 @@ _kafka_skipped: set[str] = set()
 # The same for the tests that need PostgreSQL.
 _postgres_tests: set[str] = set()
 _postgres_skipped: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """The CLI commands a test runs in-process point the root logger at the test's captured
+    stderr; put the handlers back, so later tests' threads do not log to a closed file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _require_kafka() -> bool:
