@@ -83,7 +83,9 @@ def test_stop_while_eight_threads_emit_is_bounded_and_loses_nothing(
     for thread in threads:
         thread.join()
 
-    assert took < 2 * DRAIN + 2, f"stop() took {took:.1f} s with drain_timeout={DRAIN}"
+    # Usually drain_timeout + 1.5 s; 9.1 s was seen once (delivery reports served under
+    # the GIL contention of 8 emitting threads). Before the drain was bounded: 14.5-102 s.
+    assert took < 3 * DRAIN + 2, f"stop() took {took:.1f} s with drain_timeout={DRAIN}"
     # Records purged at the end of the drain get their failure reports after stop (the
     # emitting threads no longer hold the GIL).
     wait_for(lambda: bridge.stats.in_flight == 0, 30, "every record delivered or reported")
